@@ -1,0 +1,32 @@
+"""The tunable numbers of the SDK, in one place."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    VERSION = version("close-opps")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    VERSION = "0+unknown"
+
+USER_AGENT = f"close-opps/{VERSION}"
+
+#: Seconds a whole request (connect, send, read) may take before it is abandoned.
+DEFAULT_TIMEOUT = 30.0
+#: Retries of a failed read (429, 500, 502, 503, 504, connection errors, timeouts).
+DEFAULT_MAX_RETRIES = 4
+#: A server-requested wait longer than this is not slept: RateLimitError is raised at once.
+DEFAULT_MAX_RETRY_WAIT = 60.0
+#: Exponential backoff when the server names no wait: first wait, cap, and added jitter.
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 30.0
+BACKOFF_JITTER = 1.0
+#: Records asked for per page, and pages fetched at once when the total is known.
+DEFAULT_PAGE_SIZE = 100
+DEFAULT_CONCURRENCY = 4
+#: Same-origin redirects followed for one request.
+MAX_REDIRECTS = 5
+#: Bodies larger than this are parsed (and their records decoded) in a worker thread.
+OFFLOAD_BYTES = 64 * 1024
+#: Statuses that mean "try again later" for a read.
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})

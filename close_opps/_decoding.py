@@ -1,0 +1,168 @@
+"""Shared pieces for turning vendor JSON into attrs classes with cattrs.
+
+Each adapter owns its converter (made by :func:`make_converter`) and its vendor record classes;
+this module holds what they all need: strict primitive hooks (a string field given a number is
+an error, not silently ``str()``-ed), exact decimals, timezone-aware datetimes, and the
+translation of cattrs' validation errors into :class:`~close_opps.errors.DecodeError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
+
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from close_opps.errors import DecodeError
+
+__all__ = ["decode", "make_converter", "parse_date", "parse_datetime", "parse_decimal"]
+
+T = TypeVar("T")
+
+
+def parse_datetime(value: Any) -> datetime:
+    """An ISO 8601 timestamp as an aware UTC datetime.
+
+    Accepts ``2013-02-01T00:54:51.321000+00:00``, ``2023-11-07T05:31:56Z``,
+    ``2026-01-12 10:00:00+00`` and a bare date (midnight UTC). A timestamp without an offset
+    is taken as UTC.
+    """
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str):
+        parsed = datetime.fromisoformat(value.strip())
+    else:
+        raise TypeError(f"expected an ISO 8601 timestamp string, got {type(value).__name__}")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def parse_date(value: Any) -> date:
+    """An ISO 8601 date (``2013-02-01``); a full timestamp gives its UTC date."""
+    if isinstance(value, datetime):
+        return parse_datetime(value).date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        return parse_datetime(text).date()
+    raise TypeError(f"expected an ISO 8601 date string, got {type(value).__name__}")
+
+
+def parse_decimal(value: Any) -> Decimal:
+    """An exact decimal from a JSON number (already a Decimal or an int) or a numeric string."""
+    if isinstance(value, bool):
+        raise TypeError("expected a number, got a boolean")
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, int):
+        result = Decimal(value)
+    elif isinstance(value, float):
+        result = Decimal(repr(value))  # the shortest text that reads back as this float
+    elif isinstance(value, str):
+        try:
+            result = Decimal(value.strip())
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a decimal number") from None
+    else:
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    if not result.is_finite():
+        raise ValueError(f"{value!r} is not a finite number")
+    return result
+
+
+def _strict_str(value: Any, _: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _strict_int(value: Any, _: type) -> int:
+    if isinstance(value, bool):
+        raise TypeError("expected an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return int(value)
+    raise TypeError(f"expected an integer, got {type(value).__name__}")
+
+
+def _strict_bool(value: Any, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected a boolean, got {type(value).__name__}")
+    return value
+
+
+def make_converter() -> cattrs.Converter:
+    """A converter for vendor records: strict primitives, exact money, aware datetimes.
+
+    Unknown keys are ignored (a vendor adding a field never breaks a record); a known field
+    with the wrong type is an error that names its path.
+    """
+    converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
+    converter.register_structure_hook(str, _strict_str)
+    converter.register_structure_hook(int, _strict_int)
+    converter.register_structure_hook(bool, _strict_bool)
+    converter.register_structure_hook(Decimal, lambda v, _: parse_decimal(v))
+    converter.register_structure_hook(datetime, lambda v, _: parse_datetime(v))
+    converter.register_structure_hook(date, lambda v, _: parse_date(v))
+    return converter
+
+
+def _first_path(exc: BaseException, prefix: str) -> tuple[str, str]:
+    """The path and message of the first leaf failure inside a cattrs validation error."""
+    if isinstance(exc, (ClassValidationError, IterableValidationError)):
+        with_notes, _ = exc.group_exceptions()
+        for inner, note in with_notes:
+            name = getattr(note, "name", None)
+            index = getattr(note, "index", None)
+            step = f".{name}" if name is not None else f"[{index}]"
+            return _first_path(inner, prefix + step)
+        for inner in exc.exceptions:
+            return _first_path(inner, prefix)
+    if isinstance(exc, KeyError):
+        return prefix, "required field is missing"
+    return prefix, str(exc) or type(exc).__name__
+
+
+def decode(
+    converter: cattrs.Converter,
+    data: Any,
+    cls: type[T],
+    *,
+    provider: str,
+    path: str = "$",
+) -> T:
+    """``data`` structured as ``cls``; any mismatch becomes a :class:`DecodeError`.
+
+    The error names the provider, the record's ``id`` when it has one, and the path of the
+    first offending field (``$.data[2].date_updated``).
+    """
+    record_id = data.get("id") if isinstance(data, Mapping) else None
+    record_id = record_id if isinstance(record_id, str) else None
+    if not isinstance(data, Mapping):
+        raise DecodeError(
+            f"expected an object, got {type(data).__name__}",
+            provider=provider,
+            record_id=record_id,
+            path=path,
+        )
+    try:
+        return converter.structure(data, cls)
+    except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
+        where, why = _first_path(exc, path)
+        details = "; ".join(cattrs.transform_error(exc, path=path))
+        raise DecodeError(
+            f"{why} (all problems: {details})",
+            provider=provider,
+            record_id=record_id,
+            path=where,
+        ) from exc
+    except (TypeError, ValueError, KeyError) as exc:  # defensive: a hook outside validation
+        raise DecodeError(str(exc), provider=provider, record_id=record_id, path=path) from exc

@@ -1,0 +1,398 @@
+"""The adapter contract every provider satisfies.
+
+A provider is one module: a :class:`~close_opps.http.Dialect` (how its HTTP speaks: auth,
+error bodies), vendor record classes with a mapping to :class:`~close_opps.Opportunity`, and a
+:class:`BaseAdapter` subclass implementing :meth:`BaseAdapter.get` and
+:meth:`BaseAdapter._pages`. Everything else (constructor options, validation of list
+arguments, ``limit``, item-by-item iteration, context management, redaction) lives here once.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import builtins
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from contextlib import aclosing
+from datetime import datetime
+from types import TracebackType
+from typing import Any, ClassVar, Self, TypeVar
+
+import aiohttp
+import attrs
+
+from close_opps._constants import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_RETRY_WAIT,
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_TIMEOUT,
+)
+from close_opps.http import Dialect, RateLimit, Request, Response, Secret, Transport
+from close_opps.model import Opportunity, OpportunityStatus
+
+__all__ = ["BaseAdapter", "ListQuery", "Page", "StatusArg"]
+
+T = TypeVar("T")
+
+#: What ``status=`` accepts: one status (or its value, ``"won"``) or several.
+StatusArg = OpportunityStatus | str | Iterable[OpportunityStatus | str] | None
+
+#: Records decoded inline below this many; above, the page is decoded in a worker thread.
+_OFFLOAD_RECORDS = 200
+
+
+def _aware_or_none(name: str, value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise TypeError(f"{name} must be a datetime, got {type(value).__name__}")
+    if value.utcoffset() is None:
+        raise ValueError(
+            f"{name} must be timezone-aware (e.g. datetime(..., tzinfo=UTC)); got {value!r}"
+        )
+    return value
+
+
+def _statuses(status: StatusArg) -> frozenset[OpportunityStatus] | None:
+    if status is None:
+        return None
+    items = [status] if isinstance(status, (str, OpportunityStatus)) else list(status)
+    try:
+        result = frozenset(OpportunityStatus(s) for s in items)
+    except ValueError:
+        allowed = ", ".join(s.value for s in OpportunityStatus)
+        raise ValueError(f"status must be one of {allowed}; got {status!r}") from None
+    if not result:
+        raise ValueError("status must name at least one status")
+    return result
+
+
+@attrs.frozen(kw_only=True)
+class ListQuery:
+    """The arguments of one ``list()``/``pages()`` call, validated once for every adapter.
+
+    Datetime bounds are timezone-aware; ``*_since`` bounds are inclusive and ``*_before``
+    bounds exclusive. ``statuses`` is ``None`` for "any status".
+    """
+
+    updated_since: datetime | None = None
+    updated_before: datetime | None = None
+    created_since: datetime | None = None
+    created_before: datetime | None = None
+    statuses: frozenset[OpportunityStatus] | None = None
+    limit: int | None = None
+    page_size: int = DEFAULT_PAGE_SIZE
+    order_by: str | None = None
+    query: str | None = None
+    filters: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def matches(self, opportunity: Opportunity) -> bool:
+        """Whether a record satisfies the query's bounds and statuses.
+
+        For adapters that must filter locally what their API cannot filter.
+        """
+        if self.statuses is not None and opportunity.status not in self.statuses:
+            return False
+        if self.updated_since is not None and opportunity.updated_at < self.updated_since:
+            return False
+        if self.updated_before is not None and opportunity.updated_at >= self.updated_before:
+            return False
+        if self.created_since is not None and opportunity.created_at < self.created_since:
+            return False
+        return not (
+            self.created_before is not None and opportunity.created_at >= self.created_before
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Page:
+    """One page of a listing.
+
+    Attributes:
+        items: the page's records, in the order the provider sent them (after removing any
+            record already yielded by an earlier page of the same listing).
+        total: how many records match the query in all, when the provider says.
+        has_more: whether the provider has more pages after this one.
+        meta: everything else the page's body said (Close's ``total_results`` and value
+            aggregates, Getraze's ``pagination``, ...), as received.
+    """
+
+    items: tuple[Opportunity, ...]
+    total: int | None = None
+    has_more: bool = False
+    meta: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+
+    def __iter__(self) -> Any:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class BaseAdapter(abc.ABC):
+    """One CRM's opportunities behind the common async interface.
+
+    Use as an async context manager (or call :meth:`aclose`)::
+
+        async with CloseAdapter(api_key) as close:
+            opp = await close.get("oppo_...")
+            async for opp in close.list(updated_since=since, status="won"):
+                ...
+
+    Args:
+        api_key: the provider's API key. Never shown in ``repr``, logs or errors.
+        base_url: the API's root; ``https`` only, except for a loopback host.
+        session: an :class:`aiohttp.ClientSession` to use (left open); by default the adapter
+            creates one and closes it on exit.
+        timeout: seconds one HTTP request may take in all.
+        max_retries: retries of a failed read (429, 5xx, connection errors, timeouts);
+            ``0`` turns retries off.
+        max_retry_wait: a server-requested wait longer than this many seconds is not slept:
+            :class:`~close_opps.RateLimitError` is raised at once, with ``retry_after``.
+        page_size: records per page when ``list()`` is not told otherwise.
+        concurrency: pages fetched at once when the provider tells the total up front.
+    """
+
+    #: The provider's name, as in :attr:`Opportunity.provider`.
+    provider: ClassVar[str]
+    #: The production API root.
+    default_base_url: ClassVar[str]
+    #: How the provider's HTTP speaks.
+    dialect_class: ClassVar[type[Dialect]]
+    #: The largest page the provider serves, when known up front.
+    max_page_size: ClassVar[int | None] = None
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        self._page_size = self._check_page_size(page_size)
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.concurrency = concurrency
+        self._transport = Transport(
+            dialect=self.dialect_class(),
+            base_url=base_url or self.default_base_url,
+            api_key=Secret(api_key),
+            session=session,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_retry_wait=max_retry_wait,
+        )
+
+    # ------------------------------------------------------------------ the common interface
+
+    @property
+    def base_url(self) -> str:
+        """The API root this adapter talks to."""
+        return self._transport.base_url
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        """The latest rate-limit figures the provider sent (``None`` before any response)."""
+        return self._transport.rate_limit
+
+    @abc.abstractmethod
+    async def get(self, opportunity_id: str, *, fields: Iterable[str] | None = None) -> Opportunity:
+        """One opportunity by its id.
+
+        Args:
+            opportunity_id: the provider's id; sent as one percent-encoded path segment.
+            fields: vendor field names to ask for, when the provider can restrict them (the
+                fields the mapping needs are always added).
+
+        Raises:
+            NotFoundError: no such record for this key.
+        """
+
+    @abc.abstractmethod
+    def _pages(self, query: ListQuery) -> AsyncGenerator[Page, None]:
+        """The pages of a validated listing, honouring ``query.limit``."""
+
+    def pages(
+        self,
+        *,
+        updated_since: datetime | None = None,
+        updated_before: datetime | None = None,
+        created_since: datetime | None = None,
+        created_before: datetime | None = None,
+        status: StatusArg = None,
+        limit: int | None = None,
+        page_size: int | None = None,
+        order_by: str | None = None,
+        query: str | None = None,
+        **filters: Any,
+    ) -> AsyncGenerator[Page, None]:
+        """The listing page by page, for callers who want totals and aggregates.
+
+        Takes the same arguments as :meth:`list`.
+        """
+        return self._limited(
+            self._list_query(
+                updated_since=updated_since,
+                updated_before=updated_before,
+                created_since=created_since,
+                created_before=created_before,
+                status=status,
+                limit=limit,
+                page_size=page_size,
+                order_by=order_by,
+                query=query,
+                filters=filters,
+            )
+        )
+
+    async def aclose(self) -> None:
+        """Release the HTTP session if the adapter created it."""
+        await self._transport.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, api_key='***')"
+
+    # ------------------------------------------------------------------- for implementations
+
+    async def _limited(self, query: ListQuery) -> AsyncGenerator[Page, None]:
+        """The adapter's pages, cut at ``query.limit`` records (the last page trimmed)."""
+        remaining = query.limit
+        if remaining == 0:
+            return
+        async with aclosing(self._pages(query)) as pages:
+            async for page in pages:
+                if remaining is None:
+                    yield page
+                    continue
+                if len(page.items) >= remaining:
+                    yield attrs.evolve(page, items=page.items[:remaining])
+                    return
+                remaining -= len(page.items)
+                yield page
+
+    async def _items(self, query: ListQuery) -> AsyncIterator[Opportunity]:
+        async with aclosing(self._limited(query)) as pages:
+            async for page in pages:
+                for item in page.items:
+                    yield item
+
+    async def _send(self, request: Request) -> Response:
+        return await self._transport.send(request)
+
+    async def _decode(
+        self, records: builtins.list[Any], decode_one: Callable[[Any, int], T]
+    ) -> builtins.list[T]:
+        """Decode a page's records, in a worker thread when the page is large."""
+
+        def run() -> builtins.list[T]:
+            return [decode_one(record, index) for index, record in enumerate(records)]
+
+        if len(records) > _OFFLOAD_RECORDS:
+            return await asyncio.to_thread(run)
+        return run()
+
+    def _check_page_size(self, page_size: int) -> int:
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be a positive integer, got {page_size!r}")
+        if self.max_page_size is not None:
+            return min(page_size, self.max_page_size)
+        return page_size
+
+    def _list_query(
+        self,
+        *,
+        updated_since: datetime | None,
+        updated_before: datetime | None,
+        created_since: datetime | None,
+        created_before: datetime | None,
+        status: StatusArg,
+        limit: int | None,
+        page_size: int | None,
+        order_by: str | None,
+        query: str | None,
+        filters: Mapping[str, Any],
+    ) -> ListQuery:
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+        return ListQuery(
+            updated_since=_aware_or_none("updated_since", updated_since),
+            updated_before=_aware_or_none("updated_before", updated_before),
+            created_since=_aware_or_none("created_since", created_since),
+            created_before=_aware_or_none("created_before", created_before),
+            statuses=_statuses(status),
+            limit=limit,
+            page_size=self._page_size if page_size is None else self._check_page_size(page_size),
+            order_by=order_by,
+            query=query,
+            filters=dict(filters),
+        )
+
+    # ------------------------------------------------------------------------- list, last
+    # (defined last so that ``list`` in annotations above still means the builtin)
+
+    def list(
+        self,
+        *,
+        updated_since: datetime | None = None,
+        updated_before: datetime | None = None,
+        created_since: datetime | None = None,
+        created_before: datetime | None = None,
+        status: StatusArg = None,
+        limit: int | None = None,
+        page_size: int | None = None,
+        order_by: str | None = None,
+        query: str | None = None,
+        **filters: Any,
+    ) -> AsyncIterator[Opportunity]:
+        """Every matching opportunity, exactly once, fetched page by page.
+
+        Args:
+            updated_since: only records updated at or after this moment (inclusive), filtered
+                by the server where the API allows.
+            updated_before: only records updated before this moment (exclusive).
+            created_since: only records created at or after this moment (inclusive).
+            created_before: only records created before this moment (exclusive).
+            status: an :class:`OpportunityStatus` (or ``"open"``, ``"won"``, ``"lost"``), or
+                several.
+            limit: stop after this many records, fetching no page more than needed.
+            page_size: records per request (capped at the provider's maximum).
+            order_by: the provider's own sort key (see the provider's docs page).
+            query: the provider's free-text search, where it has one.
+            **filters: any other filter of the provider's list endpoint, by its own name.
+
+        Raises:
+            ValueError: an argument is invalid (a naive datetime, an unknown status).
+        """
+        return self._items(
+            self._list_query(
+                updated_since=updated_since,
+                updated_before=updated_before,
+                created_since=created_since,
+                created_before=created_before,
+                status=status,
+                limit=limit,
+                page_size=page_size,
+                order_by=order_by,
+                query=query,
+                filters=filters,
+            )
+        )

@@ -1,0 +1,212 @@
+"""The exception tree of close-opps.
+
+Every failure the SDK raises is a :class:`CloseOppsError`:
+
+- :class:`APIError`: the provider answered with an error. One subclass per kind of failure
+  (:class:`AuthenticationError`, :class:`PermissionDeniedError`, :class:`NotFoundError`,
+  :class:`InvalidRequestError`, :class:`RateLimitError`, :class:`ServerError`), each carrying the
+  status, the vendor's code and message, the response headers and body, and the request id.
+- :class:`TransportError`: no usable answer came back (connection refused or dropped, timeout,
+  refused redirect). :class:`APITimeoutError` is the timeout case.
+- :class:`DecodeError`: an answer came back but does not match the vendor's contract (not JSON,
+  an HTML page, a record with a missing or mistyped field).
+- :class:`PaginationError`: a listing cannot continue without losing or repeating records.
+
+aiohttp's and asyncio's own exceptions never escape raw: they are the ``__cause__`` of a
+:class:`TransportError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "CloseOppsError",
+    "DecodeError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "PaginationError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ServerError",
+    "TransportError",
+    "error_class_for_status",
+]
+
+
+class CloseOppsError(Exception):
+    """Root of every error close-opps raises.
+
+    Attributes:
+        provider: the provider name (``"close"``, ``"getraze"``, ...) the error came from.
+    """
+
+    def __init__(self, message: str, *, provider: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+
+    def __str__(self) -> str:
+        return f"{self.provider}: {self.message}"
+
+
+class APIError(CloseOppsError):
+    """The provider answered with an error.
+
+    Attributes:
+        status: the HTTP status (a vendor that signals errors inside a 200 body keeps 200).
+        code: the vendor's machine-readable error code when it sends one (``"NOT_FOUND"``,
+            ``"record_not_found"``), else ``None``.
+        message: the vendor's human-readable message, or a generic one.
+        headers: the response headers.
+        body: the decoded JSON body, or the raw text when it was not JSON, or ``None``.
+        request_id: the vendor's request id header, when present.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider)
+        self.status = status
+        self.code = code
+        self.headers: Mapping[str, str] = dict(headers or {})
+        self.body = body
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        code = f" {self.code}" if self.code else ""
+        request_id = f" (request id {self.request_id})" if self.request_id else ""
+        return f"{self.provider}: HTTP {self.status}{code}: {self.message}{request_id}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(provider={self.provider!r}, status={self.status!r}, "
+            f"code={self.code!r}, message={self.message!r})"
+        )
+
+
+class AuthenticationError(APIError):
+    """The API key is missing, invalid or expired (HTTP 401)."""
+
+
+class PermissionDeniedError(APIError):
+    """The key is valid but may not do this (HTTP 403)."""
+
+
+class NotFoundError(APIError):
+    """The record does not exist or is not visible to this key (HTTP 404)."""
+
+
+class InvalidRequestError(APIError):
+    """The provider rejected the request's parameters (HTTP 400, 409, 422).
+
+    Attributes:
+        field_errors: the vendor's per-field messages, ``{"field": "message"}``, when sent.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field_errors: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.field_errors: Mapping[str, str] = dict(field_errors or {})
+
+
+class RateLimitError(APIError):
+    """The provider throttled the request (HTTP 429).
+
+    Raised once retries are exhausted, or at once when the wait the server asks for is longer
+    than the adapter's ``max_retry_wait``.
+
+    Attributes:
+        retry_after: seconds the server asked to wait, when it said.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServerError(APIError):
+    """The provider failed (HTTP 5xx).
+
+    Attributes:
+        retry_after: seconds the server asked to wait (``Retry-After`` on a 503), when it said.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class TransportError(CloseOppsError):
+    """No usable HTTP answer: connection refused or dropped, TLS failure, refused redirect."""
+
+
+class APITimeoutError(TransportError):
+    """The request did not complete within the adapter's timeout."""
+
+
+class DecodeError(CloseOppsError):
+    """A response does not match the vendor's contract.
+
+    Attributes:
+        record_id: the id of the record that failed, when known.
+        path: the path of the offending field (``"data[2].date_updated"``), when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        record_id: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider)
+        self.record_id = record_id
+        self.path = path
+
+    def __str__(self) -> str:
+        record = f" record {self.record_id!r}" if self.record_id else ""
+        path = f" at {self.path}" if self.path else ""
+        return f"{self.provider}:{record}{path}: {self.message}"
+
+
+class PaginationError(CloseOppsError):
+    """A listing cannot go on without losing or repeating records."""
+
+
+_CLASS_BY_STATUS: dict[int, type[APIError]] = {
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: InvalidRequestError,
+    422: InvalidRequestError,
+    429: RateLimitError,
+}
+
+
+def error_class_for_status(status: int) -> type[APIError]:
+    """The :class:`APIError` subclass for an HTTP status (``APIError`` itself when none fits)."""
+    if status in _CLASS_BY_STATUS:
+        return _CLASS_BY_STATUS[status]
+    if status >= 500:
+        return ServerError
+    return APIError

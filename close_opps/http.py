@@ -1,0 +1,649 @@
+"""The transport: one aiohttp session, auth, timeouts, retries, rate limits, typed errors.
+
+Everything that *reads* a response (rate-limit headers, server-requested waits, error bodies)
+is a pure function or a method of a sans-I/O :class:`Dialect`, testable without a network. The
+:class:`Transport` is the small I/O part; it never knows what an opportunity is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, ClassVar, Final
+from urllib.parse import quote, urlencode
+
+import aiohttp
+import attrs
+import stamina
+import yarl
+
+from close_opps._constants import (
+    BACKOFF_INITIAL,
+    BACKOFF_JITTER,
+    BACKOFF_MAX,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_RETRY_WAIT,
+    DEFAULT_TIMEOUT,
+    MAX_REDIRECTS,
+    OFFLOAD_BYTES,
+    RETRYABLE_STATUSES,
+    USER_AGENT,
+)
+from close_opps.errors import (
+    APIError,
+    APITimeoutError,
+    DecodeError,
+    InvalidRequestError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+    error_class_for_status,
+)
+
+__all__ = [
+    "Dialect",
+    "ErrorFields",
+    "RateLimit",
+    "Request",
+    "Response",
+    "Secret",
+    "Transport",
+    "parse_rate_limit",
+    "parse_retry_after",
+    "path_segment",
+    "retry_wait",
+    "validate_base_url",
+]
+
+logger = logging.getLogger("close_opps.http")
+
+_REQUEST_ID_HEADERS: Final = ("X-Request-Id", "Request-Id", "X-Amzn-RequestId")
+#: Unix times are this large; smaller reset values are relative seconds.
+_EPOCH_THRESHOLD: Final = 1_000_000_000
+
+
+class Secret:
+    """An API key that never shows itself in ``repr``, ``str`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("api_key must be a non-empty string")
+        self._value = value
+
+    def reveal(self) -> str:
+        """The key itself, for building the auth header and nothing else."""
+        return self._value
+
+    def redact(self, text: str) -> str:
+        """``text`` with every occurrence of the key replaced by ``***``."""
+        return text.replace(self._value, "***")
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Secret cannot be pickled")
+
+
+# --------------------------------------------------------------------------- requests and URLs
+
+
+def path_segment(value: str) -> str:
+    """``value`` as exactly one percent-encoded URL path segment.
+
+    ``"a/b"`` becomes ``"a%2Fb"``, ``"a?x=1"`` becomes ``"a%3Fx%3D1"``: no id can reach another
+    endpoint or add a query. Empty ids and the dot segments ``.`` and ``..`` are refused.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"an id must be a string, got {type(value).__name__}")
+    if value.strip() in {"", ".", ".."}:
+        raise ValueError(f"{value!r} is not a valid id")
+    return quote(value, safe="")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def validate_base_url(url: str) -> str:
+    """``url`` without its trailing slash, once it is safe to send a key to.
+
+    HTTPS is required; plain HTTP only for a loopback host (a local emulator or test server).
+    Credentials, queries and fragments in the base URL are refused.
+    """
+    parsed = yarl.URL(url)
+    if parsed.scheme not in {"http", "https"} or not parsed.host:
+        raise ValueError(f"base_url must be an absolute http(s) URL, got {url!r}")
+    if parsed.scheme == "http" and not _is_loopback(parsed.host):
+        raise ValueError(
+            f"base_url {url!r} uses plain http: the API key would travel unencrypted. "
+            "Use https (plain http is allowed only for a loopback host)."
+        )
+    if parsed.user or parsed.password:
+        raise ValueError("base_url must not carry credentials: pass api_key instead")
+    if parsed.query_string or parsed.fragment:
+        raise ValueError(f"base_url must not have a query or fragment, got {url!r}")
+    return str(parsed).rstrip("/")
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ",".join(_query_value(v) for v in value)
+    if hasattr(value, "value") and isinstance(value.value, str):  # an Enum
+        return str(value.value)
+    return str(value)
+
+
+def _default_idempotent(instance: Request) -> bool:
+    return instance.method.upper() in {"GET", "HEAD", "OPTIONS"}
+
+
+@attrs.frozen(kw_only=True)
+class Request:
+    """What an adapter asks the transport to do.
+
+    ``path`` is relative to the base URL and already encoded (build id segments with
+    :func:`path_segment`). ``idempotent`` requests are retried; by default only GET-like ones
+    are, and an adapter marks a read-only POST (a search) idempotent explicitly.
+    """
+
+    method: str = "GET"
+    path: str
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+    json: Any = None
+    idempotent: bool = attrs.field(default=attrs.Factory(_default_idempotent, takes_self=True))
+
+    def url(self, base_url: str) -> yarl.URL:
+        """The absolute URL of this request, its encoding preserved exactly."""
+        query = urlencode(
+            [(k, _query_value(v)) for k, v in self.params.items() if v is not None],
+            quote_via=quote,
+        )
+        return yarl.URL(base_url + self.path + (f"?{query}" if query else ""), encoded=True)
+
+
+@attrs.frozen(kw_only=True)
+class Response:
+    """A successful response: status, headers, and the body decoded from JSON."""
+
+    status: int
+    headers: Mapping[str, str]
+    data: Any
+
+
+# ----------------------------------------------------------------------- reading responses
+
+
+@attrs.frozen(kw_only=True)
+class RateLimit:
+    """The latest rate-limit figures a provider sent.
+
+    Attributes:
+        limit: requests allowed in the current window.
+        remaining: requests left in it.
+        reset: seconds until the window resets, counted from ``observed_at``.
+        observed_at: when the response carrying these figures arrived (UTC).
+    """
+
+    limit: int | None
+    remaining: int | None
+    reset: float | None
+    observed_at: datetime
+
+    @property
+    def resets_at(self) -> datetime | None:
+        """The moment the window resets, when the server said."""
+        if self.reset is None:
+            return None
+        return datetime.fromtimestamp(self.observed_at.timestamp() + self.reset, UTC)
+
+
+def _number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return value if value == value and value >= 0 else None  # NaN and negatives are noise
+
+
+def _int(text: str | None) -> int | None:
+    value = _number(text)
+    return int(value) if value is not None else None
+
+
+def _relative(reset: float | None, now: float) -> float | None:
+    if reset is None:
+        return None
+    if reset >= _EPOCH_THRESHOLD:  # a Unix time (Getraze), not a number of seconds (Close)
+        return max(0.0, reset - now)
+    return reset
+
+
+def _structured_rate_limit(headers: Mapping[str, str]) -> dict[str, str]:
+    """The ``RateLimit: limit=100, remaining=0, reset=1`` header as a dict."""
+    value = headers.get("RateLimit")
+    if not value:
+        return {}
+    fields = {}
+    for part in re.split(r"[;,]", value):
+        key, sep, val = part.partition("=")
+        if sep:
+            fields[key.strip().lower()] = val.strip().strip('"')
+    return fields
+
+
+def parse_rate_limit(headers: Mapping[str, str], *, now: float | None = None) -> RateLimit | None:
+    """The rate-limit figures of a response, from whichever header form it uses.
+
+    Understands ``RateLimit: limit=…, remaining=…, reset=…`` (Close), the older
+    ``X-Rate-Limit-Limit/-Remaining/-Reset`` (Close, seconds) and ``X-RateLimit-*`` (Getraze,
+    reset as a Unix time). ``None`` when the response carries none of them.
+    """
+    now = time.time() if now is None else now
+    structured = _structured_rate_limit(headers)
+
+    def figure(name: str) -> str | None:
+        return structured.get(name) or _first(
+            headers, f"X-RateLimit-{name}", f"X-Rate-Limit-{name}"
+        )
+
+    limit = _int(figure("limit"))
+    remaining = _int(figure("remaining"))
+    reset = _relative(_number(figure("reset")), now)
+    if limit is None and remaining is None and reset is None:
+        return None
+    return RateLimit(
+        limit=limit, remaining=remaining, reset=reset, observed_at=datetime.fromtimestamp(now, UTC)
+    )
+
+
+def _first(headers: Mapping[str, str], *names: str) -> str | None:
+    for name in names:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds the server asks to wait before the next call, from the headers.
+
+    Close's documented rule comes first: wait the ``reset`` of its ``RateLimit`` header. Then
+    ``Retry-After-Ms``, ``Retry-After`` (seconds or an HTTP date), and the older
+    ``X-Rate-Limit-Reset``. ``None`` when the server named no wait.
+    """
+    now = time.time() if now is None else now
+    reset = _number(_structured_rate_limit(headers).get("reset"))
+    if reset is not None:
+        return _relative(reset, now)
+    millis = _number(headers.get("Retry-After-Ms"))
+    if millis is not None:
+        return millis / 1000
+    retry_after = headers.get("Retry-After")
+    if retry_after:
+        seconds = _number(retry_after)
+        if seconds is not None:
+            return seconds
+        try:
+            when = email.utils.parsedate_to_datetime(retry_after)
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            return max(0.0, when.timestamp() - now)
+    return _relative(_number(_first(headers, "X-Rate-Limit-Reset")), now)
+
+
+def retry_wait(exc: BaseException, *, max_wait: float) -> bool | float:
+    """The retry policy for a failed read, as a stamina backoff hook.
+
+    ``False``: do not retry. ``True``: retry after exponential backoff with jitter. A number:
+    retry after exactly that many seconds, as the server asked. A server wait above
+    ``max_wait`` is not slept: the error is raised at once.
+    """
+    if isinstance(exc, TransportError):
+        return True
+    if isinstance(exc, (RateLimitError, ServerError)) and exc.status in RETRYABLE_STATUSES:
+        if exc.retry_after is None:
+            return True
+        if exc.retry_after > max_wait:
+            return False
+        return exc.retry_after
+    return False
+
+
+@attrs.frozen(kw_only=True)
+class ErrorFields:
+    """What a vendor's error body says, in vendor-neutral form."""
+
+    code: str | None = None
+    message: str | None = None
+    field_errors: Mapping[str, str] = attrs.field(factory=dict)
+    retry_after: float | None = None
+
+
+class Dialect:
+    """How one provider speaks HTTP: auth header, error bodies, envelopes.
+
+    Sans-I/O: every method is a pure function of a response's parts. A provider subclasses it
+    and overrides what differs; the defaults understand the common error body forms
+    (``{"error": "…"}``, ``{"error": {"code", "message"}}``, ``{"detail": …}``,
+    ``{"message": …}``, ``{"errors": […], "field-errors": {…}}``).
+    """
+
+    #: The provider's name, as in :attr:`close_opps.Opportunity.provider`.
+    provider: ClassVar[str] = "unknown"
+    #: Vendor error codes whose class does not follow from the HTTP status.
+    error_classes_by_code: ClassVar[Mapping[str, type[APIError]]] = {}
+
+    def auth_headers(self, api_key: Secret) -> dict[str, str]:
+        """The headers that authenticate a request (default: a bearer token)."""
+        return {"Authorization": f"Bearer {api_key.reveal()}"}
+
+    def error_fields(self, data: Any) -> ErrorFields:
+        """Read an error body (decoded JSON, or text when it was not JSON)."""
+        if isinstance(data, str):
+            text = data.strip()
+            return ErrorFields(message=_snippet(text) if text else None)
+        if not isinstance(data, Mapping):
+            return ErrorFields()
+        error = data.get("error")
+        code: str | None = None
+        message: str | None = None
+        if isinstance(error, Mapping):
+            code = _opt_str(error.get("code"))
+            message = _opt_str(error.get("message"))
+        elif isinstance(error, str):
+            message = error
+        detail = data.get("detail")
+        if isinstance(detail, str):
+            message = message or detail
+        elif detail is not None:
+            message = message or json.dumps(detail, default=str)[:500]
+        if isinstance(data.get("message"), str):
+            if message and not code and isinstance(error, str):
+                code = error  # {"error": "record_not_found", "message": "…"}
+            message = data["message"]
+        if isinstance(data.get("code"), str):
+            code = code or data["code"]
+        errors = data.get("errors")
+        if not message and isinstance(errors, list) and errors:
+            message = "; ".join(str(e) for e in errors)
+        field_errors_raw = data.get("field-errors") or data.get("field_errors")
+        field_errors = (
+            {str(k): str(v) for k, v in field_errors_raw.items()}
+            if isinstance(field_errors_raw, Mapping)
+            else {}
+        )
+        if not message and field_errors:
+            message = "; ".join(f"{k}: {v}" for k, v in field_errors.items())
+        return ErrorFields(code=code, message=message, field_errors=field_errors)
+
+    def retry_after(
+        self, status: int, headers: Mapping[str, str], fields: ErrorFields
+    ) -> float | None:
+        """Seconds the server asks to wait: the body's figure first, then the headers'."""
+        if fields.retry_after is not None:
+            return fields.retry_after
+        return parse_retry_after(headers)
+
+    def error(
+        self, status: int, headers: Mapping[str, str], data: Any, *, api_key: Secret | None = None
+    ) -> APIError:
+        """The typed error for an error response (or an error envelope in a 2xx body)."""
+        fields = self.error_fields(data)
+        cls = (fields.code and self.error_classes_by_code.get(fields.code)) or (
+            error_class_for_status(status)
+        )
+        message = fields.message or f"the server answered HTTP {status}"
+        if api_key is not None:
+            message = api_key.redact(message)
+        kwargs: dict[str, Any] = {
+            "provider": self.provider,
+            "status": status,
+            "code": fields.code,
+            "headers": headers,
+            "body": data,
+            "request_id": _first(headers, *_REQUEST_ID_HEADERS),
+        }
+        if issubclass(cls, (RateLimitError, ServerError)):
+            kwargs["retry_after"] = self.retry_after(status, headers, fields)
+        if issubclass(cls, InvalidRequestError):
+            kwargs["field_errors"] = fields.field_errors
+        return cls(message, **kwargs)
+
+    def check(self, status: int, headers: Mapping[str, str], data: Any) -> APIError | None:
+        """An error hidden in a successful response (an envelope saying ``success: false``)."""
+        return None
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _snippet(text: str, size: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= size else text[:size] + "…"
+
+
+async def decode_json(body: bytes, *, provider: str) -> Any:
+    """``body`` parsed as JSON, numbers with a fraction as exact :class:`~decimal.Decimal`.
+
+    A large body is parsed in a worker thread so the event loop stays responsive.
+    """
+    try:
+        if len(body) > OFFLOAD_BYTES:
+            return await asyncio.to_thread(json.loads, body, parse_float=Decimal)
+        return json.loads(body, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError) as exc:
+        text = body[:200].decode("utf-8", "replace")
+        raise DecodeError(
+            f"the response body is not JSON ({exc.__class__.__name__}): {_snippet(text)!r}",
+            provider=provider,
+        ) from None
+
+
+# ------------------------------------------------------------------------------ the transport
+
+
+def _same_origin(a: yarl.URL, b: yarl.URL) -> bool:
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+
+
+class Transport:
+    """Sends :class:`Request` s for one provider: auth, timeout, retries, errors, rate limits.
+
+    Uses the caller's :class:`aiohttp.ClientSession` when given one (and leaves it open), else
+    creates its own on first use and closes it in :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        *,
+        dialect: Dialect,
+        base_url: str,
+        api_key: Secret,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive: requests always time out")
+        if max_retries < 0:
+            raise ValueError("max_retries must be 0 (no retries) or more")
+        if max_retry_wait < 0:
+            raise ValueError("max_retry_wait must be 0 or more")
+        self.dialect = dialect
+        self.base_url = validate_base_url(base_url)
+        self._api_key = api_key
+        self._session = session
+        self._owns_session = session is None
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
+        self.rate_limit: RateLimit | None = None
+
+    @property
+    def provider(self) -> str:
+        """The provider this transport talks to."""
+        return self.dialect.provider
+
+    async def aclose(self) -> None:
+        """Close the session if this transport created it."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        elif self._session.closed:
+            raise TransportError("the aiohttp session is closed", provider=self.provider)
+        return self._session
+
+    async def send(self, request: Request) -> Response:
+        """Send ``request``, retrying a read on throttling, 5xx, timeouts and dropped connections.
+
+        Raises:
+            APIError: (a subclass of it) the provider answered with an error.
+            TransportError: no usable answer, after retries.
+            DecodeError: the body is not JSON.
+        """
+        if not request.idempotent or self.max_retries == 0:
+            return await self._send_once(request)
+
+        def on_failure(exc: Exception) -> bool | float:
+            decision = retry_wait(exc, max_wait=self.max_retry_wait)
+            if decision is not False:
+                wait = "with backoff" if decision is True else f"in {decision:.2f} s"
+                logger.warning(
+                    "%s: %s %s failed (%s), retrying %s",
+                    self.provider,
+                    request.method,
+                    request.path,
+                    _describe(exc),
+                    wait,
+                )
+            return decision
+
+        async for attempt in stamina.retry_context(
+            on=on_failure,
+            attempts=self.max_retries + 1,
+            timeout=None,
+            wait_initial=BACKOFF_INITIAL,
+            wait_max=BACKOFF_MAX,
+            wait_jitter=BACKOFF_JITTER,
+        ):
+            with attempt:
+                return await self._send_once(request)
+        raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
+
+    async def _send_once(self, request: Request) -> Response:
+        url = request.url(self.base_url)
+        headers = {
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            **self.dialect.auth_headers(self._api_key),
+        }
+        session = self._client()
+        started = time.monotonic()
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                async with session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    json=request.json,
+                    allow_redirects=False,
+                    raise_for_status=False,
+                    timeout=aiohttp.ClientTimeout(total=self.timeout),
+                ) as resp:
+                    body = await resp.read()
+                    status = resp.status
+                    resp_headers: Mapping[str, str] = resp.headers
+                    location = resp.headers.get("Location")
+                if not (300 <= status < 400 and location):
+                    break
+                target = url.join(yarl.URL(location))
+                if not _same_origin(url, target):
+                    raise TransportError(
+                        f"{request.method} {request.path} was redirected to another origin "
+                        f"({target.scheme}://{target.host}); not followed, so the API key is not "
+                        "sent there",
+                        provider=self.provider,
+                    )
+                url = target
+            else:
+                raise TransportError(
+                    f"{request.method} {request.path}: more than {MAX_REDIRECTS} redirects",
+                    provider=self.provider,
+                )
+        except TimeoutError as exc:
+            raise APITimeoutError(
+                f"{request.method} {request.path} timed out after {self.timeout:g} s",
+                provider=self.provider,
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise TransportError(
+                f"{request.method} {request.path} failed: {_describe(exc)}",
+                provider=self.provider,
+            ) from exc
+
+        logger.debug(
+            "%s: %s %s -> %s in %.3f s",
+            self.provider,
+            request.method,
+            request.path,
+            status,
+            time.monotonic() - started,
+        )
+        rate_limit = parse_rate_limit(resp_headers)
+        if rate_limit is not None:
+            self.rate_limit = rate_limit
+
+        if status >= 300:
+            try:
+                data: Any = await decode_json(body, provider=self.provider) if body else None
+            except DecodeError:
+                data = body.decode("utf-8", "replace")
+            raise self.dialect.error(status, resp_headers, data, api_key=self._api_key)
+
+        data = await decode_json(body, provider=self.provider)
+        hidden = self.dialect.check(status, resp_headers, data)
+        if hidden is not None:
+            raise hidden
+        return Response(status=status, headers=resp_headers, data=data)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, APIError):
+        return f"HTTP {exc.status}"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

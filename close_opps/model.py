@@ -1,0 +1,108 @@
+"""The normalized opportunity record every adapter returns.
+
+The classes hold data only: turning vendor JSON into them is each adapter's business, and
+turning them into JSON is the caller's (or :func:`cattrs.unstructure`'s).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+__all__ = ["Contact", "Money", "Opportunity", "OpportunityStatus", "Ref"]
+
+
+class OpportunityStatus(enum.StrEnum):
+    """Where a deal stands, the same for every CRM."""
+
+    OPEN = "open"
+    WON = "won"
+    LOST = "lost"
+
+
+def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(value, MappingProxyType):
+        return value
+    return MappingProxyType(dict(value))
+
+
+def _aware(instance: Any, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
+    if value is not None and value.utcoffset() is None:
+        raise ValueError(f"{attribute.name} must be timezone-aware, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Money:
+    """An exact amount in major units (``Decimal("50")`` is fifty dollars), with its currency.
+
+    ``currency`` is the ISO 4217 code the vendor sent, or ``None`` when it sent none.
+    """
+
+    amount: Decimal
+    currency: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Ref:
+    """A reference to another object of the CRM (a user, a company, a stage, a pipeline)."""
+
+    id: str | None = None
+    name: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Contact:
+    """The deal's contact person, as far as the CRM tells."""
+
+    id: str | None = None
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    title: str | None = None
+    url: str | None = None
+
+
+@attrs.frozen(kw_only=True, unsafe_hash=False)
+class Opportunity:
+    """One sales opportunity (a deal), normalized across CRMs.
+
+    Immutable; equal when every field is equal, hashed by ``(provider, id)`` so records can go
+    into sets and dict keys. Datetimes are timezone-aware. ``custom_fields`` holds the vendor's
+    custom or unmapped attributes and ``raw`` the vendor's record exactly as received, both as
+    read-only mappings.
+    """
+
+    provider: str
+    id: str
+    created_at: datetime = attrs.field(validator=_aware)
+    updated_at: datetime = attrs.field(validator=_aware)
+    name: str | None = None
+    status: OpportunityStatus = OpportunityStatus.OPEN
+    status_label: str | None = None
+    stage: Ref | None = None
+    pipeline: Ref | None = None
+    amount: Money | None = None
+    value_period: str | None = None
+    confidence: int | None = None
+    owner: Ref | None = None
+    company: Ref | None = None
+    contact: Contact | None = None
+    note: str | None = None
+    source: str | None = None
+    won_at: datetime | None = attrs.field(default=None, validator=_aware)
+    lost_at: datetime | None = attrs.field(default=None, validator=_aware)
+    closed_at: datetime | None = attrs.field(default=None, validator=_aware)
+    expected_close_at: datetime | None = attrs.field(default=None, validator=_aware)
+    custom_fields: Mapping[str, Any] = attrs.field(
+        factory=dict, converter=_frozen_mapping, repr=False
+    )
+    raw: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, repr=False)
+
+    def __hash__(self) -> int:
+        return hash((self.provider, self.id))
