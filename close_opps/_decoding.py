@@ -13,7 +13,9 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
+import attrs
 import cattrs
+from cattrs.cols import is_mapping, is_sequence, list_structure_factory, mapping_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from close_opps.errors import DecodeError
@@ -99,6 +101,21 @@ def _strict_bool(value: Any, _: type) -> bool:
     return value
 
 
+def _must_be(kind: type, noun: str, inner: Any) -> Any:
+    """Wrap a structure hook so that it first checks the JSON value's kind.
+
+    cattrs would otherwise iterate a string as a list of characters, or read attributes of a
+    non-object; a vendor sending the wrong kind must get a DecodeError instead.
+    """
+
+    def hook(value: Any, target: Any) -> Any:
+        if not isinstance(value, kind) or isinstance(value, (str, bytes)):
+            raise TypeError(f"expected {noun}, got {type(value).__name__}")
+        return inner(value, target)
+
+    return hook
+
+
 def make_converter() -> cattrs.Converter:
     """A converter for vendor records: strict primitives, exact money, aware datetimes.
 
@@ -112,6 +129,20 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(Decimal, lambda v, _: parse_decimal(v))
     converter.register_structure_hook(datetime, lambda v, _: parse_datetime(v))
     converter.register_structure_hook(date, lambda v, _: parse_date(v))
+    converter.register_structure_hook_factory(
+        attrs.has,
+        lambda cls: _must_be(
+            Mapping, "an object", cattrs.gen.make_dict_structure_fn(cls, converter)
+        ),
+    )
+    converter.register_structure_hook_factory(
+        is_sequence,
+        lambda cls: _must_be(list, "a list", list_structure_factory(cls, converter)),
+    )
+    converter.register_structure_hook_factory(
+        is_mapping,
+        lambda cls: _must_be(Mapping, "an object", mapping_structure_factory(cls, converter)),
+    )
     return converter
 
 

@@ -7,7 +7,6 @@ maximum ``_skip``.
 
 from __future__ import annotations
 
-import base64
 import logging
 import re
 from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -16,6 +15,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any, Final
 
+import aiohttp
 import attrs
 
 from close_opps._decoding import decode, make_converter
@@ -54,8 +54,7 @@ class CloseDialect(Dialect):
 
     def auth_headers(self, api_key: Secret) -> dict[str, str]:
         """``Authorization: Basic base64(key + ":")``, the key as user name, no password."""
-        token = base64.b64encode(f"{api_key.reveal()}:".encode()).decode("ascii")
-        return {"Authorization": f"Basic {token}"}
+        return {"Authorization": aiohttp.encode_basic_auth(api_key.reveal())}
 
 
 # ------------------------------------------------------------------------- the vendor record
