@@ -24,6 +24,7 @@ import aiohttp
 import attrs
 import stamina
 import yarl
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from close_opps._constants import (
     BACKOFF_INITIAL,
@@ -56,6 +57,7 @@ __all__ = [
     "Response",
     "Secret",
     "Transport",
+    "error_location",
     "parse_rate_limit",
     "parse_retry_after",
     "path_segment",
@@ -255,6 +257,13 @@ def _structured_rate_limit(headers: Mapping[str, str]) -> dict[str, str]:
     return fields
 
 
+def _ci(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers`` with case-insensitive lookups (aiohttp's already are; a plain dict is not)."""
+    if isinstance(headers, (CIMultiDict, CIMultiDictProxy)):
+        return headers
+    return CIMultiDict(headers)
+
+
 def parse_rate_limit(headers: Mapping[str, str], *, now: float | None = None) -> RateLimit | None:
     """The rate-limit figures of a response, from whichever header form it uses.
 
@@ -263,6 +272,7 @@ def parse_rate_limit(headers: Mapping[str, str], *, now: float | None = None) ->
     reset as a Unix time). ``None`` when the response carries none of them.
     """
     now = time.time() if now is None else now
+    headers = _ci(headers)
     structured = _structured_rate_limit(headers)
 
     def figure(name: str) -> str | None:
@@ -296,6 +306,7 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     ``X-Rate-Limit-Reset``. ``None`` when the server named no wait.
     """
     now = time.time() if now is None else now
+    headers = _ci(headers)
     reset = _number(_structured_rate_limit(headers).get("reset"))
     if reset is not None:
         return _relative(reset, now)
@@ -351,8 +362,9 @@ class Dialect:
 
     Sans-I/O: every method is a pure function of a response's parts. A provider subclasses it
     and overrides what differs; the defaults understand the common error body forms
-    (``{"error": "…"}``, ``{"error": {"code", "message"}}``, ``{"detail": …}``,
-    ``{"message": …}``, ``{"errors": […], "field-errors": {…}}``).
+    (``{"error": "…"}``, ``{"error": {"code", "message"}}``, ``{"error": "code",
+    "message": "…"}``, ``{"detail": "…"}``, ``{"detail": {"code", "message"}}``, a validation
+    list ``{"detail": [{"loc", "msg"}]}``, ``{"errors": […], "field-errors": {…}}``).
     """
 
     #: The provider's name, as in :attr:`close_opps.Opportunity.provider`.
@@ -371,6 +383,18 @@ class Dialect:
             return ErrorFields(message=_snippet(text) if text else None)
         if not isinstance(data, Mapping):
             return ErrorFields()
+        detail = data.get("detail")
+        if isinstance(detail, Mapping):  # {"detail": {"code"|"error", "message"}}
+            inner = self.error_fields(detail)
+            outer = self.error_fields({k: v for k, v in data.items() if k != "detail"})
+            return ErrorFields(
+                code=inner.code or outer.code,
+                message=inner.message or outer.message,
+                field_errors={**outer.field_errors, **inner.field_errors},
+                retry_after=inner.retry_after
+                if inner.retry_after is not None
+                else (outer.retry_after),
+            )
         error = data.get("error")
         code: str | None = None
         message: str | None = None
@@ -379,26 +403,26 @@ class Dialect:
             message = _opt_str(error.get("message"))
         elif isinstance(error, str):
             message = error
-        detail = data.get("detail")
         if isinstance(detail, str):
             message = message or detail
-        elif detail is not None:
-            message = message or json.dumps(detail, default=str)[:500]
         if isinstance(data.get("message"), str):
             if message and not code and isinstance(error, str):
                 code = error  # {"error": "record_not_found", "message": "…"}
             message = data["message"]
-        if isinstance(data.get("code"), str):
-            code = code or data["code"]
+        code = code or _opt_str(data.get("code")) or _opt_str(data.get("error_code"))
+        field_errors: dict[str, str] = {}
+        raw_field_errors = data.get("field-errors") or data.get("field_errors")
+        if isinstance(raw_field_errors, Mapping):
+            field_errors = {str(k): str(v) for k, v in raw_field_errors.items()}
+        if isinstance(detail, list):  # a validation list: [{"loc": [...], "msg": "..."}]
+            for item in detail:
+                if isinstance(item, Mapping):
+                    field_errors[error_location(item.get("loc"))] = str(item.get("msg", ""))
+                else:
+                    message = message or str(item)
         errors = data.get("errors")
         if not message and isinstance(errors, list) and errors:
             message = "; ".join(str(e) for e in errors)
-        field_errors_raw = data.get("field-errors") or data.get("field_errors")
-        field_errors = (
-            {str(k): str(v) for k, v in field_errors_raw.items()}
-            if isinstance(field_errors_raw, Mapping)
-            else {}
-        )
         if not message and field_errors:
             message = "; ".join(f"{k}: {v}" for k, v in field_errors.items())
         return ErrorFields(code=code, message=message, field_errors=field_errors)
@@ -436,9 +460,21 @@ class Dialect:
             kwargs["field_errors"] = fields.field_errors
         return cls(message, **kwargs)
 
-    def check(self, status: int, headers: Mapping[str, str], data: Any) -> APIError | None:
-        """An error hidden in a successful response (an envelope saying ``success: false``)."""
+    def check(
+        self, status: int, headers: Mapping[str, str], data: Any, *, api_key: Secret | None = None
+    ) -> APIError | None:
+        """An error hidden in a successful response (an envelope saying ``success: false``).
+
+        Build it with :meth:`error`, passing ``api_key`` on so the message is redacted.
+        """
         return None
+
+
+def error_location(loc: Any) -> str:
+    """A validation error's ``loc`` (``["body", "filters", 0]``) as ``filters.0``."""
+    if isinstance(loc, list):
+        return ".".join(str(p) for p in loc if p != "body") or "body"
+    return str(loc) if loc is not None else "?"
 
 
 def _opt_str(value: Any) -> str | None:
@@ -450,19 +486,22 @@ def _snippet(text: str, size: int = 200) -> str:
     return text if len(text) <= size else text[:size] + "…"
 
 
-async def decode_json(body: bytes, *, provider: str) -> Any:
+async def decode_json(body: bytes, *, provider: str, api_key: Secret | None = None) -> Any:
     """``body`` parsed as JSON, numbers with a fraction as exact :class:`~decimal.Decimal`.
 
-    A large body is parsed in a worker thread so the event loop stays responsive.
+    A large body is parsed in a worker thread so the event loop stays responsive. A body that
+    is not JSON is a :class:`DecodeError` quoting its start (with ``api_key`` redacted).
     """
     try:
         if len(body) > OFFLOAD_BYTES:
             return await asyncio.to_thread(json.loads, body, parse_float=Decimal)
         return json.loads(body, parse_float=Decimal)
     except (ValueError, UnicodeDecodeError) as exc:
-        text = body[:200].decode("utf-8", "replace")
+        text = _snippet(body[:200].decode("utf-8", "replace"))
+        if api_key is not None:
+            text = api_key.redact(text)
         raise DecodeError(
-            f"the response body is not JSON ({exc.__class__.__name__}): {_snippet(text)!r}",
+            f"the response body is not JSON ({exc.__class__.__name__}): {text!r}",
             provider=provider,
         ) from None
 
@@ -628,13 +667,17 @@ class Transport:
 
         if status >= 300:
             try:
-                data: Any = await decode_json(body, provider=self.provider) if body else None
+                data: Any = (
+                    await decode_json(body, provider=self.provider, api_key=self._api_key)
+                    if body
+                    else None
+                )
             except DecodeError:
                 data = body.decode("utf-8", "replace")
             raise self.dialect.error(status, resp_headers, data, api_key=self._api_key)
 
-        data = await decode_json(body, provider=self.provider)
-        hidden = self.dialect.check(status, resp_headers, data)
+        data = await decode_json(body, provider=self.provider, api_key=self._api_key)
+        hidden = self.dialect.check(status, resp_headers, data, api_key=self._api_key)
         if hidden is not None:
             raise hidden
         return Response(status=status, headers=resp_headers, data=data)

@@ -1,0 +1,566 @@
+"""Reevo (https://reevo.ai): bearer key, typed attribute envelopes, cursor pagination.
+
+Endpoints: ``GET /opportunity/{id}`` (one record, ``{"data": record}``) and
+``POST /opportunity/_query`` (filters, sort, ``limit``, ``cursor``; read-only, so retried like
+a GET). Attribute values are decoded by ``value_type`` through the registry of
+:mod:`close_opps.adapters._reevo_values`. See ``docs/providers/reevo.md`` for the mapping.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+import uuid
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from datetime import UTC, date, datetime, time
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any, ClassVar, Final
+
+import attrs
+
+from close_opps._decoding import decode, make_converter
+from close_opps.adapters._reevo_values import (
+    VALUE_DECODERS,
+    AccountDomain,
+    Address,
+    ContactEmail,
+    ContactPhoneNumber,
+    Option,
+    RecordReference,
+    Stage,
+    decode_attribute,
+    decode_attributes,
+)
+from close_opps.adapters.base import BaseAdapter, ListQuery, Page
+from close_opps.errors import (
+    APIError,
+    DecodeError,
+    InvalidRequestError,
+    NotFoundError,
+    PaginationError,
+)
+from close_opps.http import Dialect, Request, error_location, path_segment
+from close_opps.model import Contact, Money, Opportunity, OpportunityStatus, Ref
+
+__all__ = [
+    "VALUE_DECODERS",
+    "AccountDomain",
+    "Address",
+    "ContactEmail",
+    "ContactPhoneNumber",
+    "Option",
+    "RecordReference",
+    "ReevoAdapter",
+    "ReevoDialect",
+    "ReevoRecord",
+    "Stage",
+    "decode_attribute",
+    "decode_attributes",
+    "reevo_to_opportunity",
+]
+
+logger = logging.getLogger("close_opps.reevo")
+
+PROVIDER: Final = "reevo"
+
+_QUERY_PATH: Final = "/opportunity/_query"
+#: ``outcome`` values (lower-cased) and the status they mean.
+_STATUS_BY_OUTCOME: Final = {"won": OpportunityStatus.WON, "lost": OpportunityStatus.LOST}
+#: ``status`` values (lower-cased) that say whether the deal is closed.
+_CLOSED_BY_STATUS: Final = {"open": False, "closed": True}
+#: Keys of ``**filters`` that the adapter builds itself.
+_OWNED_KEYS: Final = frozenset({"limit", "cursor", "sort"})
+#: Attributes read by the mapping as well as from the record's top level.
+_ID_ATTRIBUTES: Final = ("id", "created_at", "updated_at")
+
+
+class ReevoDialect(Dialect):
+    """Reevo's HTTP: bearer key and error bodies as the defaults read them.
+
+    (``{"detail": "..."}``, ``{"detail": {"code"|"error", "message"}}``, a validation list
+    ``{"detail": [{"loc": [...], "msg": "..."}]}``, ``{"error": "code", "message": "..."}``,
+    empty bodies); the vendor's codes pick the error class.
+    """
+
+    provider = PROVIDER
+    error_classes_by_code: ClassVar[Mapping[str, type[APIError]]] = {
+        "record_not_found": NotFoundError,
+        "unknown_field": InvalidRequestError,
+        "field_value_invalid": InvalidRequestError,
+        "invalid_filter_field": InvalidRequestError,
+        "invalid_filter_operator": InvalidRequestError,
+        "invalid_sort_field": InvalidRequestError,
+        "invalid_cursor": InvalidRequestError,
+    }
+
+
+# ------------------------------------------------------------------------- the vendor record
+
+
+@attrs.frozen(kw_only=True)
+class ReevoRecord:
+    """A Reevo record's envelope: top-level fields, attributes still as received."""
+
+    id: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    record_type: str | None = None
+    attributes: dict[str, Any] | None = None
+
+
+_converter = make_converter()
+
+
+class _Attributes:
+    """The decoded attributes of one record, remembering which ones the mapping used."""
+
+    def __init__(self, decoded: dict[str, Any], record_id: str, path: str) -> None:
+        self._decoded = decoded
+        self._record_id = record_id
+        self._path = path
+        self._used: set[str] = set()
+
+    def get(self, name: str, *kinds: type) -> Any:
+        """The attribute's value if it is one of ``kinds`` (``None`` if null or absent).
+
+        A value of another kind (an unknown value type kept raw, a list, a type the mapping
+        cannot use) is not used: it stays in ``custom_fields``.
+        """
+        if name not in self._decoded:
+            return None
+        value = self._decoded[name]
+        if value is None:
+            self._used.add(name)
+            return None
+        if isinstance(value, kinds):
+            self._used.add(name)
+            return value
+        logger.info(
+            "reevo: record %s: %s.%s is %s, which the mapping cannot use; kept in custom_fields",
+            self._record_id,
+            self._path,
+            name,
+            type(value).__name__,
+        )
+        return None
+
+    def unused(self) -> dict[str, Any]:
+        return {k: v for k, v in self._decoded.items() if k not in self._used}
+
+
+def _moment(value: date | datetime | None) -> datetime | None:
+    """A timestamp as is; a date as 00:00 UTC."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.combine(value, time(0), tzinfo=UTC)
+
+
+def _confidence(stage: Option | None, record_id: str) -> int | None:
+    """A stage's ``closing_probability`` as a percentage 0-100.
+
+    ``"40"`` and ``"40%"`` are percentages; a number from 0 to 1 (``"0.4"``, ``"1.0"``) is a
+    fraction. Text that is not a number, or out of range, gives ``None`` (logged).
+    """
+    if not isinstance(stage, Stage) or stage.closing_probability is None:
+        return None
+    text = stage.closing_probability.strip()
+    if not text:
+        return None
+    is_percent = text.endswith("%")
+    try:
+        number = Decimal(text.rstrip("%").strip())
+    except InvalidOperation:
+        number = Decimal("NaN")
+    if not number.is_finite() or number < 0 or number > 100:
+        logger.info(
+            "reevo: record %s: closing_probability %r is not a probability, confidence unset",
+            record_id,
+            stage.closing_probability,
+        )
+        return None
+    if not is_percent and number <= 1:
+        number *= 100
+    return int(number.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _status(
+    outcome: str | None, status: str | None, closed_at: datetime | None, record_id: str
+) -> OpportunityStatus:
+    """Won or lost by ``outcome``; else closed (by ``status``, or ``closed_at`` without a
+    known ``status``) is lost; else open."""
+    if outcome is not None:
+        known = _STATUS_BY_OUTCOME.get(outcome.strip().lower())
+        if known is not None:
+            return known
+        logger.info("reevo: record %s has unknown outcome %r, ignored", record_id, outcome)
+    closed = _CLOSED_BY_STATUS.get(status.strip().lower()) if status is not None else None
+    if closed is None:
+        if status is not None:
+            logger.info("reevo: record %s has unknown status %r, ignored", record_id, status)
+        closed = closed_at is not None
+    return OpportunityStatus.LOST if closed else OpportunityStatus.OPEN
+
+
+def _ref(value: RecordReference | Option | None) -> Ref | None:
+    if value is None:
+        return None
+    if isinstance(value, RecordReference):
+        return Ref(id=value.id)
+    return Ref(id=value.id, name=value.display_value)
+
+
+def _required_moment(
+    top: datetime | None, attributes: _Attributes, name: str, path: str, record_id: str
+) -> datetime:
+    """A record timestamp from the top level, else from its attribute; required."""
+    moment = top or _moment(attributes.get(name, datetime, date))
+    if moment is None:
+        raise DecodeError(
+            "required field is missing (neither at the top level nor in attributes)",
+            provider=PROVIDER,
+            record_id=record_id,
+            path=f"{path}.{name}",
+        )
+    return moment
+
+
+def reevo_to_opportunity(raw: Mapping[str, Any], *, path: str = "$.data") -> Opportunity:
+    """Map one Reevo opportunity record (the object inside ``data``) to an :class:`Opportunity`.
+
+    Raises:
+        DecodeError: the record does not match Reevo's documented form, or an attribute of a
+            known value type has the wrong shape (the error names its path).
+    """
+    record = decode(_converter, raw, ReevoRecord, provider=PROVIDER, path=path)
+    raw_attributes = record.attributes or {}
+    record_id = record.id
+    if record_id is None:
+        fallback = decode_attribute(raw_attributes.get("id"), path=f"{path}.attributes.id")
+        if isinstance(fallback, (str, uuid.UUID)):
+            record_id = str(fallback)
+    if record_id is None:
+        raise DecodeError("required field is missing", provider=PROVIDER, path=f"{path}.id")
+    attributes = _Attributes(
+        decode_attributes(raw_attributes, path=f"{path}.attributes", record_id=record_id),
+        record_id,
+        f"{path}.attributes",
+    )
+    for name in _ID_ATTRIBUTES:
+        attributes.get(name, str, uuid.UUID, datetime, date)
+    created_at = _required_moment(record.created_at, attributes, "created_at", path, record_id)
+    updated_at = _required_moment(record.updated_at, attributes, "updated_at", path, record_id)
+
+    closed_at = _moment(attributes.get("closed_at", datetime, date))
+    status = _status(
+        attributes.get("outcome", str), attributes.get("status", str), closed_at, record_id
+    )
+    stage: Option | None = attributes.get("stage", Option)
+    amount = attributes.get("amount", Money, Decimal)
+    pipeline = attributes.get("pipeline", Option, RecordReference) or attributes.get(
+        "pipeline_id", Option, RecordReference
+    )
+    contact = attributes.get("primary_contact_id", RecordReference)
+    return Opportunity(
+        provider=PROVIDER,
+        id=record_id,
+        name=attributes.get("display_name", str),
+        status=status,
+        status_label=stage.display_value if stage else None,
+        stage=_ref(stage),
+        pipeline=_ref(pipeline),
+        amount=Money(amount=amount) if isinstance(amount, Decimal) else amount,
+        confidence=_confidence(stage, record_id),
+        owner=_ref(attributes.get("owner_user_id", RecordReference)),
+        company=_ref(attributes.get("account_id", RecordReference)),
+        contact=Contact(id=contact.id) if contact else None,
+        note=attributes.get("next_step_details", str),
+        source=attributes.get("created_source", str),
+        created_at=created_at,
+        updated_at=updated_at,
+        closed_at=closed_at,
+        won_at=closed_at if status is OpportunityStatus.WON else None,
+        lost_at=closed_at if status is OpportunityStatus.LOST else None,
+        expected_close_at=_moment(attributes.get("anticipated_closing_at", datetime, date)),
+        custom_fields=attributes.unused(),
+        raw=raw,
+    )
+
+
+# --------------------------------------------------------------------------------- listing
+
+
+def _json_value(value: Any) -> Any:
+    """A filter value as JSON can carry it (timestamps in Reevo's ``...Z`` form)."""
+    if isinstance(value, datetime):
+        if value.utcoffset() is None:
+            raise ValueError(f"a datetime filter value must be timezone-aware, got {value!r}")
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, (date, time)):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return _json_value(value.value)
+    if isinstance(value, (Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def _condition(field: str, operator: str, value: Any) -> dict[str, Any]:
+    return {"field": field, "operator": operator, "value": _json_value(value)}
+
+
+def _status_filter(statuses: frozenset[OpportunityStatus] | None) -> dict[str, Any] | None:
+    """The server filter that narrows a listing to ``statuses`` (a superset: the exact rule is
+    checked locally), or ``None`` when no single filter can."""
+    if statuses is None or len(statuses) == len(OpportunityStatus):
+        return None
+    if statuses == {OpportunityStatus.OPEN}:
+        return _condition("status", "eq", "open")
+    if statuses == {OpportunityStatus.WON}:
+        return _condition("outcome", "eq", "won")
+    if OpportunityStatus.OPEN not in statuses:  # {LOST} or {WON, LOST}: every closed deal
+        return _condition("status", "eq", "closed")
+    return None  # {OPEN, WON} or {OPEN, LOST}: filtered locally only
+
+
+def _sort(order_by: str | None) -> list[dict[str, str]]:
+    if order_by is None:
+        return []
+    sort = []
+    for token in order_by.split(","):
+        name = token.strip()
+        descending = name.startswith("-")
+        name = name.lstrip("-+").strip()
+        if not name:
+            raise ValueError(f"order_by must name Reevo fields, got {order_by!r}")
+        sort.append({"field": name, "direction": "desc" if descending else "asc"})
+    return sort
+
+
+def _extra_filters(filters: Mapping[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    for key, value in filters.items():
+        if key in _OWNED_KEYS:
+            raise ValueError(f"{key} is managed by the adapter; use list()'s own arguments")
+        if key == "filters":
+            raws = [value] if isinstance(value, Mapping) else value
+            if not isinstance(raws, (list, tuple)) or not all(isinstance(f, Mapping) for f in raws):
+                raise ValueError(
+                    "filters= takes Reevo filter objects, e.g. "
+                    '[{"field": "amount", "operator": "gte", "value": "1000"}]'
+                )
+            out.extend(_json_value(f) for f in raws)
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            out.append(_condition(key, "in", value))
+        else:
+            out.append(_condition(key, "eq", value))
+    return out
+
+
+def _query_body(query: ListQuery) -> dict[str, Any]:
+    """The ``POST /opportunity/_query`` body of a listing (without ``cursor``)."""
+    filters: list[Any] = [
+        _condition(field, op, bound)
+        for field, op, bound in (
+            ("updated_at", "gte", query.updated_since),
+            ("updated_at", "lt", query.updated_before),
+            ("created_at", "gte", query.created_since),
+            ("created_at", "lt", query.created_before),
+        )
+        if bound is not None
+    ]
+    status = _status_filter(query.statuses)
+    if status is not None:
+        filters.append(status)
+    if query.query is not None:
+        filters.append(_condition("display_name", "contains", query.query))
+    filters.extend(_extra_filters(query.filters))
+    body: dict[str, Any] = {"filters": filters}
+    sort = _sort(query.order_by)
+    if sort:
+        body["sort"] = sort
+    body["limit"] = (
+        min(query.page_size, query.limit) if query.limit is not None else query.page_size
+    )
+    return body
+
+
+def _is_cursor_error(error: InvalidRequestError) -> bool:
+    return "cursor" in f"{error.code or ''} {error.message}".lower()
+
+
+_AT_MOST = re.compile(
+    r"(?:less than or equal to|at most|maximum(?: is| of)?|max_limit\s*=)\s*(\d+)"
+)
+
+
+def _limit_maximum(error: InvalidRequestError) -> int | None:
+    """For a rejected ``limit`` (``{"detail": [{"loc": ["body", "limit"], "ctx": {"le": 200}}]}``
+    or a message naming the maximum): the largest limit the server takes."""
+    detail = error.body.get("detail") if isinstance(error.body, Mapping) else None
+    for item in detail if isinstance(detail, list) else ():
+        if isinstance(item, Mapping) and error_location(item.get("loc")) == "limit":
+            ctx = item.get("ctx")
+            le = ctx.get("le") if isinstance(ctx, Mapping) else None
+            if isinstance(le, int) and not isinstance(le, bool) and le > 0:
+                return le
+    text = error.field_errors.get("limit") or (
+        error.message if "limit" in error.message.lower() else ""
+    )
+    found = _AT_MOST.search(text.lower())
+    return int(found.group(1)) if found and int(found.group(1)) > 0 else None
+
+
+@attrs.frozen(kw_only=True)
+class _RawPage:
+    page: Page
+    next_cursor: str | None
+
+
+class ReevoAdapter(BaseAdapter):
+    """Opportunities from Reevo.
+
+    ``list()`` sends ``POST /opportunity/_query`` and follows ``next_cursor`` until it is null,
+    one page after the other (a cursor is only known once the previous page arrived). Date
+    bounds and, where one filter can express it, the status are filtered by the server; the
+    exact status rule (and every bound) is also checked locally, so the result is exact.
+    Records already yielded are never yielded again. An invalid cursor (a 400 that names the
+    cursor) restarts the listing from its first page once, skipping the records already
+    yielded; a second one raises :class:`~close_opps.PaginationError`.
+
+    ``**filters`` are Reevo filters: ``field=value`` is ``eq`` (``in`` for a list), and
+    ``filters=[{"field", "operator", "value"}, ...]`` passes filter objects as they are.
+    ``order_by`` is a Reevo field (``"-updated_at"`` sorts descending; several comma-separated).
+    ``query`` is a ``contains`` filter on ``display_name`` (Reevo has no free-text search).
+    """
+
+    provider = PROVIDER
+    default_base_url = "https://api.reevo.ai/api/v2"
+    dialect_class = ReevoDialect
+
+    def __init__(self, api_key: str, **options: Any) -> None:
+        super().__init__(api_key, **options)
+        #: The largest ``limit`` the server accepts, once a 422 has told it.
+        self._max_limit: int | None = None
+
+    async def get(self, opportunity_id: str, *, fields: Iterable[str] | None = None) -> Opportunity:
+        """One opportunity: ``GET /opportunity/{id}``.
+
+        ``fields`` is accepted for the common interface and ignored: Reevo's read endpoint
+        always sends the whole record.
+        """
+        response = await self._send(Request(path=f"/opportunity/{path_segment(opportunity_id)}"))
+        body = response.data
+        if not isinstance(body, Mapping) or not isinstance(body.get("data"), Mapping):
+            found = body.get("data") if isinstance(body, Mapping) else body
+            raise DecodeError(
+                f"expected an object, got {type(found).__name__}",
+                provider=PROVIDER,
+                path="$.data" if isinstance(body, Mapping) else "$",
+            )
+        return reevo_to_opportunity(body["data"], path="$.data")
+
+    async def _fetch(self, body: Mapping[str, Any], cursor: str | None) -> _RawPage:
+        payload = dict(body) if cursor is None else {**body, "cursor": cursor}
+        response = await self._send(
+            Request(method="POST", path=_QUERY_PATH, json=payload, idempotent=True)
+        )
+        data = response.data
+        if not isinstance(data, Mapping):
+            raise DecodeError(
+                f"expected an object, got {type(data).__name__}", provider=PROVIDER, path="$"
+            )
+        records = data.get("data")
+        if not isinstance(records, list):
+            raise DecodeError(
+                f"expected a list of records, got {type(records).__name__}",
+                provider=PROVIDER,
+                path="$.data",
+            )
+        next_cursor = data.get("next_cursor")
+        if next_cursor is not None and not isinstance(next_cursor, str):
+            raise DecodeError(
+                f"expected a string or null, got {type(next_cursor).__name__}",
+                provider=PROVIDER,
+                path="$.next_cursor",
+            )
+        total = data.get("total")
+        items = await self._decode(
+            records, lambda raw, i: reevo_to_opportunity(raw, path=f"$.data[{i}]")
+        )
+        page = Page(
+            items=tuple(items),
+            total=total if isinstance(total, int) and not isinstance(total, bool) else None,
+            has_more=bool(next_cursor),
+            meta={k: v for k, v in data.items() if k != "data"},
+        )
+        return _RawPage(page=page, next_cursor=next_cursor or None)
+
+    async def _pages(self, query: ListQuery) -> AsyncGenerator[Page, None]:
+        body = _query_body(query)
+        if self._max_limit is not None and body["limit"] > self._max_limit:
+            body["limit"] = self._max_limit
+        yielded: set[str] = set()
+        cursors_seen: set[str] = set()
+        remaining = query.limit
+        cursor: str | None = None
+        restarted = False
+        while True:
+            try:
+                raw = await self._fetch(body, cursor)
+            except InvalidRequestError as exc:
+                if cursor is None:
+                    maximum = _limit_maximum(exc)
+                    if maximum is None or maximum >= body["limit"]:
+                        raise
+                    logger.info(
+                        "reevo: limit %d is over the server's maximum, using %d",
+                        body["limit"],
+                        maximum,
+                    )
+                    self._max_limit = body["limit"] = maximum
+                    continue
+                if not _is_cursor_error(exc):
+                    raise
+                if restarted:
+                    raise PaginationError(
+                        "Reevo rejected a cursor again after the listing was restarted from its "
+                        f"first page ({exc}); giving up rather than looping",
+                        provider=PROVIDER,
+                    ) from exc
+                logger.warning(
+                    "reevo: the server rejected the cursor (%s); restarting the listing from "
+                    "its first page, skipping the %d records already yielded",
+                    exc,
+                    len(yielded),
+                )
+                restarted = True
+                cursor = None
+                cursors_seen.clear()
+                continue
+            items = []
+            for item in raw.page.items:
+                if item.id in yielded or not query.matches(item):
+                    continue
+                yielded.add(item.id)
+                items.append(item)
+            if items or raw.next_cursor is None:
+                yield attrs.evolve(raw.page, items=tuple(items))
+            if raw.next_cursor is None:
+                return
+            if remaining is not None:
+                remaining -= len(items)
+                if remaining <= 0:
+                    return
+            if raw.next_cursor in cursors_seen:
+                raise PaginationError(
+                    "Reevo sent a next_cursor it had already sent in this listing; stopping "
+                    "rather than looping",
+                    provider=PROVIDER,
+                )
+            cursors_seen.add(raw.next_cursor)
+            cursor = raw.next_cursor

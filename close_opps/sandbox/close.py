@@ -1,0 +1,446 @@
+"""An emulator of Close's opportunity API (``/api/v1``), as an aiohttp application.
+
+Serves ``GET /api/v1/opportunity/`` (filters, ``_order_by``, ``_skip``/``_limit`` with the
+vendor's maxima and 400 texts, ``_fields``, the value aggregates) and
+``GET /api/v1/opportunity/{id}/`` (with or without the trailing slash). Auth is HTTP Basic
+with the API key as user name (or ``Authorization: Bearer <key>``). Every response carries
+``RateLimit: limit=<n>, remaining=<m>, reset=<seconds>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+import attrs
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ._common import (
+    JSON,
+    STATE,
+    LimitStatus,
+    VendorState,
+    WindowLimiter,
+    monotonic_clock,
+    parse_datetime,
+)
+from ._data import Deal, format_close_money, generate_deals, render_close
+from ._faults import FAULTS, Fault, FaultInjector, fault_middleware, format_seconds, gateway_page
+from ._options import DEFAULT_RECORDS, CloseOptions
+
+__all__ = ["BASE_PATH", "make_app"]
+
+#: Where the API lives on the emulator's host: the base URL an adapter takes ends with it.
+BASE_PATH: Final = "/api/v1"
+
+_ORDERABLE: Final = frozenset(
+    {
+        "date_won",
+        "date_updated",
+        "date_created",
+        "confidence",
+        "user_name",
+        "value",
+        "annualized_value",
+        "annualized_expected_value",
+    }
+)
+_EQUALITY: Final = {
+    "lead_id": "lead_id",
+    "organization_id": "organization_id",
+    "user_id": "user_id",
+    "status_id": "status_id",
+    "status_type": "status_type",
+    "status_label": "status_label",
+    "status": "status_label",
+    "value_period": "value_period",
+}
+_IN: Final = {"user_id", "status_id", "status_type", "status_label", "status", "value_period"}
+_DATES: Final = ("date_created", "date_updated", "date_won")
+_OPS: Final[dict[str, Callable[[datetime, datetime], bool]]] = {
+    "": lambda a, b: a == b,
+    "__gte": lambda a, b: a >= b,
+    "__gt": lambda a, b: a > b,
+    "__lte": lambda a, b: a <= b,
+    "__lt": lambda a, b: a < b,
+}
+_UNSUPPORTED: Final = ("_group_by", "lead_query", "lead_saved_search_id")
+_PERIODS: Final = ("one_time", "monthly", "annual")
+_NOT_FOUND: Final = "Empty query: Opportunity matching query does not exist."
+
+
+class _BadRequest(Exception):
+    def __init__(self, body: JSON) -> None:
+        super().__init__(body)
+        self.body = body
+
+
+def _field_error(field: str, message: str) -> _BadRequest:
+    return _BadRequest({"errors": [], "field-errors": {field: message}})
+
+
+@attrs.frozen
+class _Row:
+    record: JSON
+    dates: dict[str, datetime | None]
+    #: (value_period, value, expected_value, annualized_value, annualized_expected_value)
+    money: tuple[str, int, int, int, int]
+
+
+def _rows(state: VendorState) -> list[_Row]:
+    def compute() -> list[_Row]:
+        rows = []
+        for record in state.records:
+            won = record["date_won"]
+            rows.append(
+                _Row(
+                    record,
+                    {
+                        "date_created": parse_datetime(record["date_created"]),
+                        "date_updated": parse_datetime(record["date_updated"]),
+                        "date_won": parse_datetime(won) if won else None,
+                    },
+                    (
+                        record["value_period"],
+                        record["value"] or 0,
+                        record["expected_value"] or 0,
+                        record["annualized_value"] or 0,
+                        record["annualized_expected_value"] or 0,
+                    ),
+                )
+            )
+        return rows
+
+    return state.cached("rows", compute)
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _rate_limit_header(status: LimitStatus) -> str:
+    return (
+        f"limit={status.limit}, remaining={status.remaining}, "
+        f"reset={format_seconds(status.reset_in)}"
+    )
+
+
+class _Renderer:
+    def __init__(self, limiter: WindowLimiter) -> None:
+        self.limiter = limiter
+
+    def rate_limited(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        limit = self.limiter.policy.limit if self.limiter.policy else 1000
+        headers = {
+            "RateLimit": f"limit={limit}, remaining=0, reset={format_seconds(fault.seconds)}"
+        }
+        if fault.retry_after_header:
+            headers["Retry-After"] = format_seconds(fault.seconds)
+        return web.Response(status=429, headers=headers)
+
+    def server_error(self, request: web.Request, status: int) -> web.StreamResponse:
+        if status == 500:
+            return web.json_response({"error": "Internal Server Error"}, status=500)
+        return web.Response(status=status, text=gateway_page(status), content_type="text/html")
+
+
+# ----------------------------------------------------------------------------- auth
+
+
+def _api_key(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode("latin-1")
+        except (ValueError, binascii.Error):
+            return None
+        login, _, _password = decoded.partition(":")
+        return login or None
+    return None
+
+
+@web.middleware
+async def _close_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE]
+    key = _api_key(request)
+    limit = state.limiter.hit(key or "")
+    headers = {"RateLimit": _rate_limit_header(limit)}
+    response: web.StreamResponse
+    if key is None:
+        response = web.json_response(
+            {"error": "Unauthorized: provide your API key as the HTTP Basic auth user name."},
+            status=401,
+            headers={"WWW-Authenticate": 'Basic realm="Close API"'},
+        )
+    elif key != state.api_key:
+        response = web.json_response(
+            {"error": "Unauthorized: the API key is invalid."},
+            status=401,
+            headers={"WWW-Authenticate": 'Basic realm="Close API"'},
+        )
+    elif not limit.allowed:
+        response = web.Response(status=429)
+    else:
+        try:
+            response = await handler(request)
+        except _BadRequest as exc:
+            response = web.json_response(exc.body, status=400)
+        except web.HTTPException as exc:
+            response = web.json_response({"error": exc.reason}, status=exc.status)
+    response.headers.update(headers)
+    return response
+
+
+# ----------------------------------------------------------------------------- list
+
+
+def _int_param(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _field_error(name, "Not a valid integer.") from None
+    if value < 0:
+        raise _field_error(name, "Must be greater than or equal to 0.")
+    return value
+
+
+def _order(request: web.Request) -> tuple[tuple[str, bool], ...]:
+    raw = request.query.get("_order_by", "")
+    terms = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        name, descending = (part[1:], True) if part.startswith("-") else (part, False)
+        if name not in _ORDERABLE:
+            raise _field_error("_order_by", f"Invalid field to order by: {name}")
+        terms.append((name, descending))
+    return tuple(terms) or (("date_created", True),)
+
+
+def _predicates(request: web.Request) -> list[Callable[[_Row], bool]]:
+    predicates: list[Callable[[_Row], bool]] = []
+    query = request.query
+    for name in _UNSUPPORTED:
+        if name in query:
+            raise _BadRequest({"error": f"{name} is not supported by the close-opps sandbox."})
+    for param, field in _EQUALITY.items():
+        if param in query:
+            predicates.append(_equals(field, query[param]))
+        if param in _IN and f"{param}__in" in query:
+            allowed = frozenset(v.strip() for v in query[f"{param}__in"].split(","))
+            predicates.append(_one_of(field, allowed))
+    for field in _DATES:
+        for suffix, op in _OPS.items():
+            param = f"{field}{suffix}"
+            if param not in query:
+                continue
+            try:
+                bound = parse_datetime(query[param])
+            except ValueError:
+                raise _field_error(param, "Not a valid date/time.") from None
+            predicates.append(_compare(field, op, bound))
+    if "is_stalled" in query and query["is_stalled"].lower() in ("true", "1", "yes"):
+        predicates.append(lambda row: False)  # the seeded deals are never stalled
+    text = query.get("query", "").strip()
+    if text:
+        predicates.append(_text_predicate(text))
+    return predicates
+
+
+def _equals(field: str, wanted: str) -> Callable[[_Row], bool]:
+    return lambda row: bool(row.record[field] == wanted)
+
+
+def _one_of(field: str, allowed: frozenset[str]) -> Callable[[_Row], bool]:
+    return lambda row: row.record[field] in allowed
+
+
+def _compare(
+    field: str, op: Callable[[datetime, datetime], bool], bound: datetime
+) -> Callable[[_Row], bool]:
+    def predicate(row: _Row) -> bool:
+        value = row.dates[field]
+        return value is not None and op(value, bound)
+
+    return predicate
+
+
+def _text_predicate(text: str) -> Callable[[_Row], bool]:
+    field, sep, needle = text.partition(":")
+    if sep and field in ("note", "lead_name"):
+        fields: tuple[str, ...] = (field,)
+    else:
+        fields, needle = ("note", "lead_name"), text
+    lowered = needle.strip().strip('"').lower()
+    return lambda row: any(lowered in (row.record[f] or "").lower() for f in fields)
+
+
+def _sort_value(row: _Row, name: str) -> Any:
+    if name in row.dates:
+        return row.dates[name]
+    return row.record[name]
+
+
+def _sorted(rows: list[_Row], order: Sequence[tuple[str, bool]]) -> list[_Row]:
+    result = sorted(rows, key=lambda row: str(row.record["id"]))
+    for name, descending in reversed(order):
+
+        def key(row: _Row, n: str = name) -> tuple[int, Any]:
+            value = _sort_value(row, n)
+            return (1, 0) if value is None else (0, value)
+
+        result.sort(key=key, reverse=descending)
+    return result
+
+
+def _aggregates(rows: list[_Row]) -> JSON:
+    counts = dict.fromkeys(_PERIODS, 0)
+    totals = dict.fromkeys(_PERIODS, 0)
+    expected = dict.fromkeys(_PERIODS, 0)
+    total_annualized = expected_annualized = 0
+    for period, value, expected_value, annualized, annualized_expected in (r.money for r in rows):
+        counts[period] = counts.get(period, 0) + 1
+        totals[period] = totals.get(period, 0) + value
+        expected[period] = expected.get(period, 0) + expected_value
+        total_annualized += annualized
+        expected_annualized += annualized_expected
+
+    def money(cents: int) -> str:
+        return format_close_money(cents, "USD")
+
+    return {
+        "count_by_value_period": counts,
+        "expected_value_annual": expected["annual"],
+        "expected_value_annual_formatted": money(expected["annual"]),
+        "expected_value_annualized": expected_annualized,
+        "expected_value_annualized_formatted": money(expected_annualized),
+        "expected_value_monthly": expected["monthly"],
+        "expected_value_monthly_formatted": money(expected["monthly"]),
+        "expected_value_one_time": expected["one_time"],
+        "expected_value_one_time_formatted": money(expected["one_time"]),
+        "total_results": len(rows),
+        "total_value_annual": totals["annual"],
+        "total_value_annual_formatted": money(totals["annual"]),
+        "total_value_annualized": total_annualized,
+        "total_value_annualized_formatted": money(total_annualized),
+        "total_value_monthly": totals["monthly"],
+        "total_value_monthly_formatted": money(totals["monthly"]),
+        "total_value_one_time": totals["one_time"],
+        "total_value_one_time_formatted": money(totals["one_time"]),
+    }
+
+
+def _project(record: JSON, fields: frozenset[str] | None) -> JSON:
+    if fields is None:
+        return record
+    return {k: v for k, v in record.items() if k in fields}
+
+
+def _fields(request: web.Request) -> frozenset[str] | None:
+    raw = request.query.get("_fields", "")
+    names = frozenset(p.strip() for p in raw.split(",") if p.strip())
+    return names or None
+
+
+async def _list(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    options: CloseOptions = state.options
+    limit = _int_param(request, "_limit", min(100, options.max_limit))
+    skip = _int_param(request, "_skip", 0)
+    if limit > options.max_limit:
+        raise _BadRequest(
+            {
+                "error": "The limit you set is larger than the maximum limit for this resource "
+                f"(max_limit = {options.max_limit}). Please refine your search query."
+            }
+        )
+    if skip > options.max_skip:
+        raise _BadRequest(
+            {
+                "error": "The skip you set is larger than the maximum skip for this resource "
+                f"(max_skip = {options.max_skip}). Please refine your search query."
+            }
+        )
+    order = _order(request)
+    predicates = _predicates(request)
+    cache_key = (
+        "list",
+        order,
+        tuple(
+            sorted(
+                (k, v)
+                for k, v in request.query.items()
+                if k not in ("_limit", "_skip", "_fields", "_order_by")
+            )
+        ),
+    )
+
+    def compute() -> tuple[list[JSON], JSON]:
+        ordered = state.cached(("sorted", order), lambda: _sorted(_rows(state), order))
+        matched = [row for row in ordered if all(p(row) for p in predicates)]
+        return [row.record for row in matched], _aggregates(matched)
+
+    records, aggregates = state.cached(cache_key, compute)
+    fields = _fields(request)
+    page = [_project(r, fields) for r in records[skip : skip + limit]]
+    body: JSON = {"data": page, "has_more": skip + len(page) < len(records)}
+    body.update(aggregates)
+    return web.json_response(body)
+
+
+async def _get(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    record = state.get(request.match_info["id"])
+    if record is None:
+        return web.json_response({"error": _NOT_FOUND}, status=404)
+    return web.json_response(_project(record, _fields(request)))
+
+
+# ----------------------------------------------------------------------------- app
+
+
+def make_app(options: CloseOptions | None = None, *, seed: int = 0) -> web.Application:
+    """Build the Close emulator: mount it at the root; its API lives under :data:`BASE_PATH`.
+
+    ``options.seed``, when set, wins over ``seed``. The app's state (records, faults,
+    counters) is ``app[STATE]``; its fault injector is ``app[FAULTS]``.
+    """
+    options = options or CloseOptions()
+    seed = options.seed if options.seed is not None else seed
+    count = options.records if options.records is not None else DEFAULT_RECORDS
+    extras = options.schema_extras
+
+    def render(seed: int, deal: Deal) -> tuple[JSON, JSON]:
+        record = render_close(seed, deal, schema_extras=extras)
+        return record, record
+
+    limiter = WindowLimiter(options.rate_limit, monotonic_clock)
+    faults = FaultInjector(
+        _Renderer(limiter), config=options.faults, latency=options.latency or 0.0
+    )
+    app = web.Application(middlewares=[fault_middleware, _close_middleware])
+    app[FAULTS] = faults
+    app[STATE] = VendorState(
+        vendor="close",
+        api_key=options.api_key,
+        seed=seed,
+        deals=generate_deals(seed, count),
+        render=render,
+        faults=faults,
+        limiter=limiter,
+        options=options,
+    )
+    for path in (f"{BASE_PATH}/opportunity/", f"{BASE_PATH}/opportunity"):
+        app.router.add_get(path, _list)
+    for path in (f"{BASE_PATH}/opportunity/{{id}}/", f"{BASE_PATH}/opportunity/{{id}}"):
+        app.router.add_get(path, _get)
+    return app
