@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import OrderedDict
@@ -16,13 +17,24 @@ from ._data import Deal
 from ._faults import FaultInjector
 from ._options import RateLimit
 
-__all__ = ["JSON", "STATE", "LimitStatus", "VendorState", "WindowLimiter", "parse_datetime"]
+__all__ = [
+    "JSON",
+    "RECORDS",
+    "STATE",
+    "LimitStatus",
+    "VendorState",
+    "WindowLimiter",
+    "parse_datetime",
+]
 
 JSON = dict[str, Any]
 T = TypeVar("T")
 #: ``(seed, deal) -> (record as listed, record as fetched by id)``.
 Renderer = Callable[[int, Deal], tuple[JSON, JSON]]
 
+#: Placeholder for the records in a body given to :meth:`VendorState.list_response`.
+RECORDS: Final = "\x00close-opps-sandbox-records\x00"
+_RECORDS_JSON: Final = json.dumps(RECORDS)
 #: What an unlimited limiter reports (the header is always present).
 _NOMINAL_LIMIT: Final = 1000
 
@@ -111,6 +123,7 @@ class VendorState:
         self.details: dict[str, JSON] = {}
         self._positions: dict[str, int] = {}
         self._cache: OrderedDict[Hashable, Any] = OrderedDict()
+        self._encoded: dict[str, str] = {}
         for deal in deals:
             listed, detail = render(seed, deal)
             self._positions[listed["id"]] = len(self.records)
@@ -139,6 +152,20 @@ class VendorState:
         while len(self._cache) > 64:
             self._cache.popitem(last=False)
         return value
+
+    def list_response(self, body: JSON, records: list[JSON]) -> web.Response:
+        """``body`` as JSON with ``records`` (listed records) spliced in where ``body`` holds
+        :data:`RECORDS`; each record is serialised once per data version."""
+        encoded = self._encoded
+        parts = []
+        for record in records:
+            key = record["id"]
+            text = encoded.get(key)
+            if text is None:
+                text = encoded[key] = json.dumps(record)
+            parts.append(text)
+        text = json.dumps(body).replace(_RECORDS_JSON, "[" + ", ".join(parts) + "]", 1)
+        return web.Response(text=text, content_type="application/json")
 
     # -- changing
 
@@ -176,6 +203,7 @@ class VendorState:
     def _bump(self) -> None:
         self.version += 1
         self._cache.clear()
+        self._encoded.clear()
 
 
 #: Where each app keeps its state.

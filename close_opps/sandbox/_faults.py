@@ -117,11 +117,19 @@ class Fault:
         return cls(kind="rate_limit", seconds=wait, retry_after_header=retry_after_header)
 
     @classmethod
-    def server_error(cls, status: int = 500) -> Fault:
-        """A 5xx: 500 in the vendor's JSON error form, 502/503/504 as a gateway's HTML page."""
+    def server_error(cls, status: int = 500, *, retry_after: float | None = None) -> Fault:
+        """A 5xx: 500 in the vendor's error form, 502/503/504 as a gateway's HTML page.
+
+        ``retry_after`` adds a ``Retry-After`` header (as a 503 often has).
+        """
         if not 500 <= status <= 599:
             raise ValueError("a server error status is 5xx")
-        return cls(kind="server_error", status=status)
+        return cls(
+            kind="server_error",
+            status=status,
+            seconds=retry_after or 0.0,
+            retry_after_header=retry_after is not None,
+        )
 
     @classmethod
     def drop(cls) -> Fault:
@@ -320,7 +328,10 @@ async def _apply(request: web.Request, handler: Handler, fault: Fault) -> web.St
     if kind == "rate_limit":
         return injector.renderer.rate_limited(request, fault)
     if kind == "server_error":
-        return injector.renderer.server_error(request, fault.status or 500)
+        response = injector.renderer.server_error(request, fault.status or 500)
+        if fault.retry_after_header:
+            response.headers["Retry-After"] = format_seconds(fault.seconds)
+        return response
     if kind == "drop":
         return _drop(request)
     if kind == "respond":

@@ -44,6 +44,8 @@ class CloseOptions:
     ``max_limit``/``max_skip`` are the per-resource maxima of ``_limit``/``_skip`` (over them
     is a 400 naming the number). ``rate_limit`` drives the ``RateLimit`` header (and 429s
     when exceeded); ``None`` turns the limiter off (the header still says "plenty").
+    ``rate_limit_headers``: ``"ratelimit"`` (``RateLimit: limit=…, remaining=…, reset=…``),
+    ``"legacy"`` (the older ``X-Rate-Limit-Limit/-Remaining/-Reset``) or ``"both"``.
     ``schema_extras`` adds the optional keys of the OpenAPI schema to each record.
     """
 
@@ -52,6 +54,7 @@ class CloseOptions:
     max_limit: int = attrs.field(default=100, validator=_positive)
     max_skip: int = 250_000
     rate_limit: RateLimit | None = RateLimit(limit=1000, window=1.0)
+    rate_limit_headers: Literal["ratelimit", "legacy", "both"] = "ratelimit"
     schema_extras: bool = False
     latency: Latency | None = None
     faults: FaultConfig | None = None

@@ -21,8 +21,8 @@ from aiohttp.typedefs import Handler
 
 from ._common import (
     JSON,
+    RECORDS,
     STATE,
-    LimitStatus,
     VendorState,
     WindowLimiter,
     monotonic_clock,
@@ -121,22 +121,27 @@ def _rows(state: VendorState) -> list[_Row]:
 # ----------------------------------------------------------------------------- rendering
 
 
-def _rate_limit_header(status: LimitStatus) -> str:
-    return (
-        f"limit={status.limit}, remaining={status.remaining}, "
-        f"reset={format_seconds(status.reset_in)}"
-    )
+def _rate_headers(limit: int, remaining: int, reset: float, form: str) -> dict[str, str]:
+    headers = {}
+    if form in ("ratelimit", "both"):
+        headers["RateLimit"] = (
+            f"limit={limit}, remaining={remaining}, reset={format_seconds(reset)}"
+        )
+    if form in ("legacy", "both"):
+        headers["X-Rate-Limit-Limit"] = str(limit)
+        headers["X-Rate-Limit-Remaining"] = str(remaining)
+        headers["X-Rate-Limit-Reset"] = format_seconds(reset)
+    return headers
 
 
 class _Renderer:
-    def __init__(self, limiter: WindowLimiter) -> None:
+    def __init__(self, limiter: WindowLimiter, form: str) -> None:
         self.limiter = limiter
+        self.form = form
 
     def rate_limited(self, request: web.Request, fault: Fault) -> web.StreamResponse:
         limit = self.limiter.policy.limit if self.limiter.policy else 1000
-        headers = {
-            "RateLimit": f"limit={limit}, remaining=0, reset={format_seconds(fault.seconds)}"
-        }
+        headers = _rate_headers(limit, 0, fault.seconds, self.form)
         if fault.retry_after_header:
             headers["Retry-After"] = format_seconds(fault.seconds)
         return web.Response(status=429, headers=headers)
@@ -170,7 +175,8 @@ async def _close_middleware(request: web.Request, handler: Handler) -> web.Strea
     state = request.app[STATE]
     key = _api_key(request)
     limit = state.limiter.hit(key or "")
-    headers = {"RateLimit": _rate_limit_header(limit)}
+    form = state.options.rate_limit_headers
+    headers = _rate_headers(limit.limit, limit.remaining, limit.reset_in, form)
     response: web.StreamResponse
     if key is None:
         response = web.json_response(
@@ -391,9 +397,12 @@ async def _list(request: web.Request) -> web.StreamResponse:
 
     records, aggregates = state.cached(cache_key, compute)
     fields = _fields(request)
-    page = [_project(r, fields) for r in records[skip : skip + limit]]
-    body: JSON = {"data": page, "has_more": skip + len(page) < len(records)}
+    page = records[skip : skip + limit]
+    body: JSON = {"data": RECORDS, "has_more": skip + len(page) < len(records)}
     body.update(aggregates)
+    if fields is None:
+        return state.list_response(body, page)
+    body["data"] = [_project(r, fields) for r in page]
     return web.json_response(body)
 
 
@@ -425,7 +434,9 @@ def make_app(options: CloseOptions | None = None, *, seed: int = 0) -> web.Appli
 
     limiter = WindowLimiter(options.rate_limit, monotonic_clock)
     faults = FaultInjector(
-        _Renderer(limiter), config=options.faults, latency=options.latency or 0.0
+        _Renderer(limiter, options.rate_limit_headers),
+        config=options.faults,
+        latency=options.latency or 0.0,
     )
     app = web.Application(middlewares=[fault_middleware, _close_middleware])
     app[FAULTS] = faults

@@ -18,7 +18,7 @@ from typing import Any, Final
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ._common import JSON, STATE, LimitStatus, VendorState, WindowLimiter, wall_clock
+from ._common import JSON, RECORDS, STATE, LimitStatus, VendorState, WindowLimiter, wall_clock
 from ._data import (
     Deal,
     generate_deals,
@@ -262,34 +262,23 @@ async def _list(request: web.Request) -> web.StreamResponse:
     total_pages = math.ceil(total / limit)
     data = records[(page - 1) * limit : page * limit]
     if options.list_form == "documented":
-        return web.json_response(
-            {
-                "success": True,
-                "data": {
-                    "opportunities": data,
-                    "pagination": {
-                        "page": page,
-                        "limit": limit,
-                        "total": total,
-                        "total_pages": total_pages,
-                    },
-                },
-            }
-        )
-    return web.json_response(
-        {
-            "success": True,
-            "data": data,
-            "pagination": {
-                "page": page,
-                "per_page": limit,
-                "total": total,
-                "total_pages": total_pages,
-                "has_next": page < total_pages,
-                "has_prev": page > 1,
-            },
+        pagination: JSON = {
+            "page": page,
+            "limit": limit,
+            "total": total,
+            "total_pages": total_pages,
         }
-    )
+        body: JSON = {"success": True, "data": {"opportunities": RECORDS, "pagination": pagination}}
+        return state.list_response(body, data)
+    pagination = {
+        "page": page,
+        "per_page": limit,
+        "total": total,
+        "total_pages": total_pages,
+        "has_next": page < total_pages,
+        "has_prev": page > 1,
+    }
+    return state.list_response({"success": True, "data": RECORDS, "pagination": pagination}, data)
 
 
 async def _get(request: web.Request) -> web.StreamResponse:

@@ -21,7 +21,15 @@ from typing import Any, Final
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ._common import JSON, STATE, VendorState, WindowLimiter, monotonic_clock, parse_datetime
+from ._common import (
+    JSON,
+    RECORDS,
+    STATE,
+    VendorState,
+    WindowLimiter,
+    monotonic_clock,
+    parse_datetime,
+)
 from ._data import REEVO_LIST_ATTRIBUTES, REEVO_VALUE_TYPES, Deal, generate_deals, render_reevo
 from ._faults import FAULTS, Fault, FaultInjector, fault_middleware, format_seconds, gateway_page
 from ._options import DEFAULT_RECORDS, ReevoOptions
@@ -401,7 +409,7 @@ async def _query(request: web.Request) -> web.StreamResponse:
     page = records[offset : offset + limit]
     following = offset + len(page)
     next_cursor = encode_cursor(following, digest) if following < len(records) else None
-    return web.json_response({"data": page, "next_cursor": next_cursor})
+    return state.list_response({"data": RECORDS, "next_cursor": next_cursor}, page)
 
 
 async def _get(request: web.Request) -> web.StreamResponse:

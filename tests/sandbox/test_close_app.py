@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from close_opps.sandbox import CloseOptions, RateLimit, Sandbox
+from close_opps.sandbox import CloseOptions, Fault, RateLimit, Sandbox
 
 from ._support import call, load_fixture
 
@@ -318,3 +318,22 @@ async def test_every_documented_order_works(
 ) -> None:
     ids = await _all_ids(sandbox, http, _order_by=order)
     assert sorted(ids) == sorted(sandbox.close.ids)
+
+
+async def test_legacy_rate_limit_headers(http: aiohttp.ClientSession) -> None:
+    options = CloseOptions(rate_limit_headers="legacy")
+    async with Sandbox(vendors=["close"], close=options) as sb:
+        reply = await call(
+            http, "GET", f"{sb.close.base_url}/opportunity/", headers=sb.close.auth_headers
+        )
+        sb.close.script(Fault.rate_limit(0.25))
+        limited = await call(
+            http, "GET", f"{sb.close.base_url}/opportunity/", headers=sb.close.auth_headers
+        )
+    assert "RateLimit" not in reply.headers
+    assert reply.headers["X-Rate-Limit-Limit"] == "1000"
+    assert reply.headers["X-Rate-Limit-Remaining"] == "999"
+    assert 0 <= float(reply.headers["X-Rate-Limit-Reset"]) <= 1
+    assert limited.status == 429
+    assert limited.headers["X-Rate-Limit-Remaining"] == "0"
+    assert limited.headers["X-Rate-Limit-Reset"] == "0.25"

@@ -114,8 +114,14 @@ async def test_aiohttp_resends_a_get_once_after_a_drop(
 @pytest.mark.parametrize("vendor", ["close", "getraze", "reevo"])
 async def test_server_errors(sandbox: Sandbox, http: aiohttp.ClientSession, vendor: str) -> None:
     server = sandbox[vendor]
-    server.script(Fault.server_error(500), Fault.server_error(502), Fault.server_error(503))
+    server.script(
+        Fault.server_error(500),
+        Fault.server_error(502),
+        Fault.server_error(503, retry_after=0.02),
+    )
     internal, bad_gateway, unavailable = [await _read(http, server) for _ in range(3)]
+    assert "Retry-After" not in internal.headers and "Retry-After" not in bad_gateway.headers
+    assert unavailable.headers["Retry-After"] == "0.02"
     assert internal.status == 500
     if vendor == "close":
         assert internal.json() == {"error": "Internal Server Error"}
