@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import builtins
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from contextlib import aclosing
 from datetime import datetime
@@ -34,6 +35,8 @@ from close_opps.model import Opportunity, OpportunityStatus
 __all__ = ["BaseAdapter", "ListQuery", "Page", "StatusArg"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("close_opps.adapters")
 
 #: What ``status=`` accepts: one status (or its value, ``"won"``) or several.
 StatusArg = OpportunityStatus | str | Iterable[OpportunityStatus | str] | None
@@ -175,6 +178,9 @@ class BaseAdapter(abc.ABC):
         page_size: int = DEFAULT_PAGE_SIZE,
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
+        #: The largest page the server named when refusing a larger one (see
+        #: :meth:`_learn_max_page_size`); it holds for the adapter's lifetime.
+        self._learned_max_page_size: int | None = None
         self._page_size = self._check_page_size(page_size)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -309,11 +315,23 @@ class BaseAdapter(abc.ABC):
         return run()
 
     def _check_page_size(self, page_size: int) -> int:
+        """``page_size`` validated and capped at the provider's known maximum."""
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
             raise ValueError(f"page_size must be a positive integer, got {page_size!r}")
-        if self.max_page_size is not None:
-            return min(page_size, self.max_page_size)
+        for maximum in (self.max_page_size, self._learned_max_page_size):
+            if maximum is not None:
+                page_size = min(page_size, maximum)
         return page_size
+
+    def _learn_max_page_size(self, refused: int, maximum: int) -> None:
+        """Remember the largest page the server named when it refused ``refused`` records."""
+        logger.info(
+            "%s: a page of %d is over the server's maximum, using %d",
+            self.provider,
+            refused,
+            maximum,
+        )
+        self._learned_max_page_size = maximum
 
     def _list_query(
         self,

@@ -251,9 +251,8 @@ class CloseAdapter(BaseAdapter):
 
     def __init__(self, api_key: str, **options: Any) -> None:
         super().__init__(api_key, **options)
-        #: Learned from the server's 400 answers; they hold for the adapter's lifetime.
+        #: Learned from the server's 400 answer; it holds for the adapter's lifetime.
         self._max_skip: int | None = None
-        self._max_limit: int | None = None
 
     async def get(self, opportunity_id: str, *, fields: Iterable[str] | None = None) -> Opportunity:
         """One opportunity: ``GET /opportunity/{id}/``."""
@@ -335,8 +334,8 @@ class CloseAdapter(BaseAdapter):
                 maximum = _page_size_limit(exc)
                 if maximum is None or maximum >= page_size:
                     raise
-                logger.info("close: page size %d is over the maximum, using %d", page_size, maximum)
-                self._max_limit = page_size = maximum
+                self._learn_max_page_size(page_size, maximum)
+                page_size = maximum
 
     async def _window_pages(
         self, params: Mapping[str, Any], page_size: int, wanted: int | None
@@ -388,7 +387,7 @@ class CloseAdapter(BaseAdapter):
             yielded = 0
             # Records at the window's bound already yielded come again: ask for that many more.
             cap = wanted + len(window.ids_at_last_key) if wanted is not None else None
-            page_size = min(query.page_size, self._max_limit or query.page_size)
+            page_size = self._check_page_size(query.page_size)  # a maximum learned meanwhile
             try:
                 async with aclosing(
                     self._window_pages(self._params(query, window), page_size, cap)

@@ -442,11 +442,6 @@ class ReevoAdapter(BaseAdapter):
     default_base_url = "https://api.reevo.ai/api/v2"
     dialect_class = ReevoDialect
 
-    def __init__(self, api_key: str, **options: Any) -> None:
-        super().__init__(api_key, **options)
-        #: The largest ``limit`` the server accepts, once a 422 has told it.
-        self._max_limit: int | None = None
-
     async def get(self, opportunity_id: str, *, fields: Iterable[str] | None = None) -> Opportunity:
         """One opportunity: ``GET /opportunity/{id}``.
 
@@ -502,8 +497,7 @@ class ReevoAdapter(BaseAdapter):
 
     async def _pages(self, query: ListQuery) -> AsyncGenerator[Page, None]:
         body = _query_body(query)
-        if self._max_limit is not None and body["limit"] > self._max_limit:
-            body["limit"] = self._max_limit
+        body["limit"] = self._check_page_size(body["limit"])  # a maximum learned earlier
         yielded: set[str] = set()
         cursors_seen: set[str] = set()
         remaining = query.limit
@@ -517,12 +511,8 @@ class ReevoAdapter(BaseAdapter):
                     maximum = _limit_maximum(exc)
                     if maximum is None or maximum >= body["limit"]:
                         raise
-                    logger.info(
-                        "reevo: limit %d is over the server's maximum, using %d",
-                        body["limit"],
-                        maximum,
-                    )
-                    self._max_limit = body["limit"] = maximum
+                    self._learn_max_page_size(body["limit"], maximum)
+                    body["limit"] = maximum
                     continue
                 if not _is_cursor_error(exc):
                     raise
