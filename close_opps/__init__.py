@@ -9,7 +9,9 @@ Quick start::
             print(opp.name, opp.amount)
 
 The adapters (:class:`CloseAdapter`, :class:`GetrazeAdapter`, :class:`ReevoAdapter`) share
-one interface, :class:`~close_opps.adapters.base.BaseAdapter`.
+one interface, :class:`~close_opps.adapters.base.BaseAdapter`; :class:`OpportunityHub` reads
+several at once, and :func:`close_opps.sync.sync` keeps a SQLite copy up to date
+(``close_opps.sync`` stays the module: import the function from it).
 """
 
 from close_opps._constants import VERSION as __version__
@@ -32,8 +34,10 @@ from close_opps.errors import (
     TransportError,
 )
 from close_opps.http import RateLimit
+from close_opps.hub import OpportunityHub
 from close_opps.model import Contact, Money, Opportunity, OpportunityStatus, Ref
 from close_opps.registry import adapter_class, connect, providers
+from close_opps.sync import SyncError, SyncReport, SyncStore
 
 __all__ = [
     "APIError",
@@ -50,6 +54,7 @@ __all__ = [
     "Money",
     "NotFoundError",
     "Opportunity",
+    "OpportunityHub",
     "OpportunityStatus",
     "Page",
     "PaginationError",
@@ -59,6 +64,9 @@ __all__ = [
     "ReevoAdapter",
     "Ref",
     "ServerError",
+    "SyncError",
+    "SyncReport",
+    "SyncStore",
     "TransportError",
     "__version__",
     "adapter_class",

@@ -1,13 +1,13 @@
-"""Concurrent page fetching that still yields in order, with bounded memory."""
+"""Concurrency helpers: pages fetched at once but yielded in order, and clean cancellation."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
-__all__ = ["fetch_in_order"]
+__all__ = ["aclose_iterator", "cancel_and_wait", "fetch_in_order"]
 
 T = TypeVar("T")
 
@@ -40,7 +40,35 @@ async def fetch_in_order(
             top_up()
             yield result
     finally:
-        for task in pending:
-            task.cancel()
+        await cancel_and_wait(pending)
+
+
+async def aclose_iterator(iterator: AsyncIterator[Any]) -> None:
+    """Close ``iterator`` now if it is an async generator (else there is nothing to close)."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one has finished, even if we are cancelled.
+
+    Their exceptions are marked retrieved (the caller has raised the one that matters), so
+    asyncio never logs "Task exception was never retrieved".
+    """
+    tasks = list(tasks)
+    pending = [task for task in tasks if not task.done()]
+    for task in pending:
+        task.cancel()
+    try:
         if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.wait(pending)
+    except asyncio.CancelledError:
+        # Cancelled while waiting: the tasks are cancelled already and end promptly;
+        # wait for them anyway so none outlives its owner, then honour the cancellation.
+        await asyncio.wait(pending)
+        raise
+    finally:
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()

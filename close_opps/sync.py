@@ -1,0 +1,684 @@
+"""Incremental sync of every provider's opportunities into an embedded SQLite database.
+
+::
+
+    async with OpportunityHub([close, getraze]) as hub, SyncStore("opps.db") as store:
+        reports = await sync(hub, store)
+
+Each run lists, per provider, only what changed since that provider's watermark (the
+highest ``updated_at`` stored, minus ``overlap``), upserts it in batches, one transaction
+each, and moves the watermark only once the provider's listing has ended and every record
+is committed. A run that dies midway loses nothing: the next one starts again from the old
+watermark, and the upserts make the records read twice cost nothing. See ``docs/sync.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
+
+import attrs
+
+from close_opps._paging import aclose_iterator, cancel_and_wait
+from close_opps.adapters.base import BaseAdapter
+from close_opps.errors import CloseOppsError
+from close_opps.hub import OpportunityHub
+from close_opps.model import Opportunity
+from close_opps.serialize import opportunity_to_dict
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TASK_PREFIX",
+    "SyncError",
+    "SyncReport",
+    "SyncStore",
+    "UpsertCounts",
+    "sync",
+]
+
+logger = logging.getLogger("close_opps.sync")
+
+T = TypeVar("T")
+
+#: The store's schema version (``PRAGMA user_version``).
+SCHEMA_VERSION: Final = 1
+#: Name prefix of the per-provider sync tasks.
+TASK_PREFIX: Final = "close-opps-sync:"
+#: Most ``?`` parameters put in one ``IN (...)``.
+_IN_CHUNK: Final = 500
+
+#: The columns of ``opportunities``, after the key, with their SQL types.
+_FIELD_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("name", "TEXT"),
+    ("status", "TEXT NOT NULL"),
+    ("status_label", "TEXT"),
+    ("stage_id", "TEXT"),
+    ("stage_name", "TEXT"),
+    ("pipeline_id", "TEXT"),
+    ("pipeline_name", "TEXT"),
+    ("amount", "TEXT"),  # the exact decimal, as text ("1120.99")
+    ("currency", "TEXT"),
+    ("value_period", "TEXT"),
+    ("confidence", "INTEGER"),
+    ("owner_id", "TEXT"),
+    ("owner_name", "TEXT"),
+    ("company_id", "TEXT"),
+    ("company_name", "TEXT"),
+    ("contact_id", "TEXT"),
+    ("contact_name", "TEXT"),
+    ("contact_email", "TEXT"),
+    ("source", "TEXT"),
+    ("note", "TEXT"),
+    ("created_at", "TEXT NOT NULL"),
+    ("updated_at", "TEXT NOT NULL"),
+    ("won_at", "TEXT"),
+    ("lost_at", "TEXT"),
+    ("closed_at", "TEXT"),
+    ("expected_close_at", "TEXT"),
+    ("record", "TEXT NOT NULL"),  # opportunity_to_dict(opp, raw=False) as JSON
+    ("raw", "TEXT NOT NULL"),  # the vendor's record as JSON
+    ("content_hash", "TEXT NOT NULL"),
+    ("first_synced_at", "TEXT NOT NULL"),
+    ("synced_at", "TEXT NOT NULL"),
+)
+_COLUMNS: Final = ("provider", "id", *(name for name, _ in _FIELD_COLUMNS))
+_JSON_COLUMNS: Final = frozenset({"record", "raw"})
+
+#: Statements taking the schema from version ``n - 1`` to ``n``, for each ``n``.
+_MIGRATIONS: Final[Mapping[int, Sequence[str]]] = {
+    1: (
+        "CREATE TABLE IF NOT EXISTS opportunities (\n"
+        "    provider TEXT NOT NULL,\n"
+        "    id TEXT NOT NULL,\n"
+        + "".join(f"    {name} {kind},\n" for name, kind in _FIELD_COLUMNS)
+        + "    PRIMARY KEY (provider, id)\n"
+        ")",
+        "CREATE INDEX IF NOT EXISTS opportunities_updated_at "
+        "ON opportunities (provider, updated_at)",
+        "CREATE TABLE IF NOT EXISTS watermarks (\n"
+        "    provider TEXT PRIMARY KEY,\n"
+        "    updated_at TEXT NOT NULL,\n"
+        "    synced_at TEXT NOT NULL\n"
+        ")",
+    ),
+}
+
+# The statements below are assembled from the constant column names above and ``?``
+# placeholders only: no value is ever formatted into SQL (hence the S608 exemptions).
+_UPSERT: Final = (
+    f"INSERT INTO opportunities ({', '.join(_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)}) "
+    "ON CONFLICT (provider, id) DO UPDATE SET "
+    + ", ".join(
+        f"{name} = excluded.{name}"
+        for name in _COLUMNS
+        if name not in ("provider", "id", "first_synced_at")
+    )
+)
+_SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM opportunities"  # noqa: S608
+_ORDER: Final = " ORDER BY provider, updated_at, id"
+
+
+def _select_hashes(count: int) -> str:
+    marks = ", ".join("?" for _ in range(count))
+    where = f"WHERE provider = ? AND id IN ({marks})"
+    return "SELECT id, content_hash FROM opportunities " + where  # noqa: S608
+
+
+def _stamp(value: datetime) -> str:
+    """A datetime as the store writes it: UTC, microseconds always, so text order is time
+    order (``2025-01-01T00:00:00.000000+00:00``)."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _stamp_or_none(value: datetime | None) -> str | None:
+    return None if value is None else _stamp(value)
+
+
+def _ref(data: Mapping[str, Any], key: str, *parts: str) -> list[Any]:
+    value = data.get(key)
+    if not isinstance(value, Mapping):
+        return [None] * len(parts)
+    return [value.get(part) for part in parts]
+
+
+def _dumps(value: Any, *, sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
+
+
+def _row(provider: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
+    """The ``opportunities`` row of ``opp`` (``first_synced_at`` and ``synced_at`` = now)."""
+    record = opportunity_to_dict(opp)
+    raw = record.pop("raw", {})
+    record_json = _dumps(record)
+    digest = hashlib.sha256()
+    digest.update(_dumps(record, sort_keys=True).encode())
+    digest.update(b"\n")
+    digest.update(_dumps(raw, sort_keys=True).encode())
+    return (
+        provider,
+        opp.id,
+        record.get("name"),
+        record.get("status"),
+        record.get("status_label"),
+        *_ref(record, "stage", "id", "name"),
+        *_ref(record, "pipeline", "id", "name"),
+        *_ref(record, "amount", "amount", "currency"),
+        record.get("value_period"),
+        record.get("confidence"),
+        *_ref(record, "owner", "id", "name"),
+        *_ref(record, "company", "id", "name"),
+        *_ref(record, "contact", "id", "name", "email"),
+        record.get("source"),
+        record.get("note"),
+        _stamp(opp.created_at),
+        _stamp(opp.updated_at),
+        _stamp_or_none(opp.won_at),
+        _stamp_or_none(opp.lost_at),
+        _stamp_or_none(opp.closed_at),
+        _stamp_or_none(opp.expected_close_at),
+        record_json,
+        _dumps(raw),
+        digest.hexdigest(),
+        now,
+        now,
+    )
+
+
+_ID: Final = _COLUMNS.index("id")
+_HASH: Final = _COLUMNS.index("content_hash")
+
+
+@attrs.frozen
+class UpsertCounts:
+    """What :meth:`SyncStore.upsert` did with a batch."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+class SyncStore:
+    """An embedded SQLite store of normalized opportunities and per-provider watermarks.
+
+    ``SyncStore(path)`` (``":memory:"`` for a private in-memory database), then
+    ``async with store:`` or ``await store.open()`` / ``await store.aclose()``. Every
+    SQLite call runs, one at a time and in order, in the store's own worker thread, so the
+    event loop never blocks on the disk. The database is in WAL mode; the schema is created
+    when missing and its version kept in ``PRAGMA user_version``.
+
+    Tables: ``opportunities`` (key ``(provider, id)``; the normalized fields as columns,
+    ``record``: the normalized record as JSON, ``raw``: the vendor's record as JSON) and
+    ``watermarks`` (``provider``, ``updated_at``: the newest ``updated_at`` committed by a
+    complete run). See ``docs/sync.md``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    # ---------------------------------------------------------------------- lifecycle
+
+    @property
+    def is_open(self) -> bool:
+        """Whether :meth:`open` has run and :meth:`aclose` has not."""
+        return self._executor is not None
+
+    async def open(self) -> Self:
+        """Connect, switch to WAL and create or migrate the schema.
+
+        Raises:
+            RuntimeError: the store is already open, or the database was written by a
+                newer close-opps (a higher schema version).
+            sqlite3.Error: the file cannot be opened or is not a database.
+        """
+        if self._executor is not None:
+            raise RuntimeError("the store is already open")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="close-opps-sync")
+        try:
+            await self._run(self._connect)
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    def _connect(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the store's schema version is {version}; this close-opps knows up to "
+                    f"{SCHEMA_VERSION}: upgrade close-opps to use this database"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[target]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {int(target)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def aclose(self) -> None:
+        """Close the database (waits for the statement in progress, if any)."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
+        finally:
+            executor.shutdown(wait=False)
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "open" if self.is_open else "closed"
+        return f"SyncStore({self.path!r}, {state})"
+
+    # ----------------------------------------------------------------------- plumbing
+
+    async def _run(self, call: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise RuntimeError("the store is not open: use `async with SyncStore(path) as store`")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:  # pragma: no cover - _run checks that the store is open
+            raise RuntimeError("the store is not open")
+        return self._conn
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._db().execute(sql, params).fetchall()
+
+    # -------------------------------------------------------------------------- reads
+
+    async def schema_version(self) -> int:
+        """The database's ``PRAGMA user_version``."""
+        rows = await self._run(lambda: self._query("PRAGMA user_version"))
+        return int(rows[0][0])
+
+    async def watermark(self, provider: str) -> datetime | None:
+        """The newest ``updated_at`` a complete run of ``provider`` committed (UTC), or
+        ``None`` before the first complete run."""
+        rows = await self._run(
+            lambda: self._query("SELECT updated_at FROM watermarks WHERE provider = ?", (provider,))
+        )
+        return datetime.fromisoformat(rows[0][0]) if rows else None
+
+    async def watermarks(self) -> dict[str, datetime]:
+        """Every provider's watermark."""
+        rows = await self._run(
+            lambda: self._query("SELECT provider, updated_at FROM watermarks ORDER BY provider")
+        )
+        return {provider: datetime.fromisoformat(text) for provider, text in rows}
+
+    async def count(self, provider: str | None = None) -> int:
+        """How many records are stored (for ``provider``, or in all)."""
+        if provider is None:
+            rows = await self._run(lambda: self._query("SELECT COUNT(*) FROM opportunities"))
+        else:
+            rows = await self._run(
+                lambda: self._query(
+                    "SELECT COUNT(*) FROM opportunities WHERE provider = ?", (provider,)
+                )
+            )
+        return int(rows[0][0])
+
+    async def get(self, provider: str, opportunity_id: str) -> dict[str, Any] | None:
+        """One stored row as ``{column: value}`` (``record`` and ``raw`` decoded from JSON),
+        or ``None``."""
+        rows = await self._run(
+            lambda: self._query(
+                _SELECT + " WHERE provider = ? AND id = ?",
+                (provider, opportunity_id),
+            )
+        )
+        return _as_dict(rows[0]) if rows else None
+
+    async def rows(self, provider: str | None = None) -> list[dict[str, Any]]:
+        """Every stored row (of ``provider``, or all), by provider, ``updated_at`` and id."""
+        if provider is None:
+            rows = await self._run(lambda: self._query(_SELECT + _ORDER))
+        else:
+            rows = await self._run(
+                lambda: self._query(_SELECT + " WHERE provider = ?" + _ORDER, (provider,))
+            )
+        return [_as_dict(row) for row in rows]
+
+    # ------------------------------------------------------------------------- writes
+
+    async def upsert(self, provider: str, opportunities: Iterable[Opportunity]) -> UpsertCounts:
+        """Insert or update records under ``provider``, in one transaction.
+
+        A record already stored with the same normalized fields and raw payload is left
+        untouched (``unchanged``); otherwise its row is replaced (``updated``) or added
+        (``inserted``). Serialization and hashing run in the store's thread too.
+        """
+        batch = list(opportunities)
+        if not batch:
+            return UpsertCounts()
+        return await self._run(lambda: self._upsert(provider, batch))
+
+    def _upsert(self, provider: str, batch: list[Opportunity]) -> UpsertCounts:
+        conn = self._db()
+        now = _stamp(datetime.now(UTC))
+        rows = [_row(provider, opp, now) for opp in batch]
+        ids = list(dict.fromkeys(str(row[_ID]) for row in rows))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            stored: dict[str, str] = {}
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                query = conn.execute(_select_hashes(len(chunk)), (provider, *chunk))
+                stored.update(query.fetchall())
+            writes: list[tuple[Any, ...]] = []
+            inserted = updated = unchanged = 0
+            for row in rows:
+                key, digest = str(row[_ID]), str(row[_HASH])
+                previous = stored.get(key)
+                if previous is None:
+                    inserted += 1
+                elif previous != digest:
+                    updated += 1
+                else:
+                    unchanged += 1
+                    continue
+                stored[key] = digest
+                writes.append(row)
+            conn.executemany(_UPSERT, writes)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return UpsertCounts(inserted=inserted, updated=updated, unchanged=unchanged)
+
+    async def set_watermark(self, provider: str, value: datetime | None) -> None:
+        """Set ``provider``'s watermark (``None`` forgets it: the next sync reads
+        everything). :func:`sync` calls it; call it yourself to force a full re-read."""
+        if value is None:
+            await self._run(
+                lambda: self._execute("DELETE FROM watermarks WHERE provider = ?", provider)
+            )
+            return
+        if value.utcoffset() is None:
+            raise ValueError(f"the watermark must be timezone-aware, got {value!r}")
+        await self._run(
+            lambda: self._execute(
+                "INSERT INTO watermarks (provider, updated_at, synced_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (provider) DO UPDATE SET "
+                "updated_at = excluded.updated_at, synced_at = excluded.synced_at",
+                provider,
+                _stamp(value),
+                _stamp(datetime.now(UTC)),
+            )
+        )
+
+    def _execute(self, sql: str, *params: Any) -> None:
+        self._db().execute(sql, params)  # autocommit: one statement, one transaction
+
+
+def _as_dict(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        name: json.loads(value) if name in _JSON_COLUMNS else value
+        for name, value in zip(_COLUMNS, row, strict=True)
+    }
+
+
+# --------------------------------------------------------------------------------- sync
+
+
+@attrs.frozen
+class SyncReport:
+    """What one provider's sync did.
+
+    Attributes:
+        provider: the provider (the hub's name for it).
+        inserted: records stored for the first time.
+        updated: stored records whose normalized fields or raw payload changed.
+        unchanged: records read again but identical to what was stored (the overlap, and
+            anything re-read after an interrupted run).
+        watermark: the provider's watermark after the run.
+    """
+
+    provider: str
+    inserted: int
+    updated: int
+    unchanged: int
+    watermark: datetime | None
+
+    @property
+    def total(self) -> int:
+        """Records read in all."""
+        return self.inserted + self.updated + self.unchanged
+
+
+class SyncError(CloseOppsError):
+    """One or more providers failed during :func:`sync`; the others completed.
+
+    ``str(error)`` is one line per failed provider. The first provider error is also the
+    ``__cause__``.
+
+    Attributes:
+        errors: the failed providers' errors, ``{provider: CloseOppsError}``.
+        reports: the :class:`SyncReport` of every provider that completed.
+        provider: the failed providers' names, comma-separated.
+    """
+
+    def __init__(
+        self, errors: Mapping[str, CloseOppsError], reports: Mapping[str, SyncReport]
+    ) -> None:
+        self.errors: dict[str, CloseOppsError] = dict(errors)
+        self.reports: dict[str, SyncReport] = dict(reports)
+        total = len(self.errors) + len(self.reports)
+        super().__init__(
+            f"{len(self.errors)} of {total} providers failed to sync",
+            provider=", ".join(self.errors),
+        )
+
+    def lines(self) -> list[str]:
+        """One line per failed provider: ``"<provider>: <error>"``."""
+        result = []
+        for name, error in self.errors.items():
+            text = str(error)
+            if not text.startswith(f"{name}:"):
+                text = f"{name}: {text}"
+            result.append(text)
+        return result
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+async def _sync_provider(
+    name: str,
+    adapter: BaseAdapter,
+    store: SyncStore,
+    *,
+    overlap: timedelta,
+    batch_size: int,
+    on_progress: Callable[[str, int], None] | None,
+) -> SyncReport:
+    previous = await store.watermark(name)
+    filters: dict[str, Any] = {}
+    if previous is not None:
+        filters["updated_since"] = previous - overlap
+    counts = [0, 0, 0]
+    newest: datetime | None = None
+    batch: list[Opportunity] = []
+
+    async def flush() -> None:
+        nonlocal newest, batch
+        if not batch:
+            return
+        done, batch = batch, []
+        result = await store.upsert(name, done)
+        counts[0] += result.inserted
+        counts[1] += result.updated
+        counts[2] += result.unchanged
+        latest = max(opp.updated_at for opp in done)
+        if newest is None or latest > newest:
+            newest = latest
+        if on_progress is not None:
+            on_progress(name, sum(counts))
+
+    logger.debug("syncing %s since %s", name, filters.get("updated_since", "the beginning"))
+    listing = adapter.list(**filters)
+    try:
+        async for opp in listing:
+            batch.append(opp)
+            if len(batch) >= batch_size:
+                await flush()
+    except CloseOppsError:
+        await flush()  # keep what was read; the watermark stays, so it is read again
+        raise
+    finally:
+        await aclose_iterator(listing)
+    await flush()
+
+    watermark = previous
+    if newest is not None and (previous is None or newest > previous):
+        await store.set_watermark(name, newest)
+        watermark = newest
+    report = SyncReport(
+        provider=name,
+        inserted=counts[0],
+        updated=counts[1],
+        unchanged=counts[2],
+        watermark=watermark,
+    )
+    logger.info(
+        "synced %s: %d inserted, %d updated, %d unchanged; watermark %s",
+        name,
+        report.inserted,
+        report.updated,
+        report.unchanged,
+        _stamp_or_none(watermark) or "none",
+    )
+    return report
+
+
+async def sync(
+    source: OpportunityHub | Iterable[BaseAdapter] | Mapping[str, BaseAdapter],
+    store: SyncStore,
+    *,
+    providers: Iterable[str] | None = None,
+    overlap: timedelta = timedelta(seconds=1),
+    batch_size: int = 200,
+    on_progress: Callable[[str, int], None] | None = None,
+) -> dict[str, SyncReport]:
+    """Bring ``store`` up to date with every provider of ``source``, concurrently.
+
+    For each provider: list the records updated since its watermark minus ``overlap``
+    (everything on the first run), upsert them ``batch_size`` at a time (one transaction
+    per batch), and once the listing has ended, move the watermark to the newest
+    ``updated_at`` committed. Adapters given directly are not closed.
+
+    Args:
+        source: a hub, or adapters (named by ``provider``) or ``{name: adapter}``.
+        store: an open :class:`SyncStore`.
+        providers: only these (default: all of ``source``).
+        overlap: how far before the watermark to start reading again, so records sharing
+            the watermark's timestamp, or committed late by the CRM, are not missed.
+        batch_size: records per transaction.
+        on_progress: called as ``on_progress(provider, records_so_far)`` after each
+            committed batch.
+
+    Returns:
+        ``{provider: SyncReport}``, in the order of the providers.
+
+    Raises:
+        SyncError: one or more providers failed (after the others completed); it holds the
+            errors and the completed providers' reports.
+        ValueError: an unknown provider, a negative ``overlap`` or a ``batch_size`` below 1.
+    """
+    hub = source if isinstance(source, OpportunityHub) else OpportunityHub(source)
+    names = hub.select(providers)
+    if overlap < timedelta(0):
+        raise ValueError(f"overlap must not be negative, got {overlap!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not store.is_open:
+        raise RuntimeError("the store is not open: use `async with SyncStore(path) as store`")
+
+    async def guarded(name: str) -> SyncReport | CloseOppsError:
+        try:
+            return await _sync_provider(
+                name,
+                hub.adapter(name),
+                store,
+                overlap=overlap,
+                batch_size=batch_size,
+                on_progress=on_progress,
+            )
+        except CloseOppsError as exc:
+            logger.warning(
+                "sync of %s failed; its watermark is unchanged: %s: %s",
+                name,
+                type(exc).__name__,
+                exc,
+            )
+            return exc
+
+    tasks = {
+        name: asyncio.create_task(guarded(name), name=f"{TASK_PREFIX}{name}") for name in names
+    }
+    try:
+        pending = set(tasks.values())
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                error = None if task.cancelled() else task.exception()
+                if error is not None:  # a bug, not a provider failure: stop everything
+                    raise error
+    finally:
+        await cancel_and_wait(tasks.values())
+
+    reports: dict[str, SyncReport] = {}
+    errors: dict[str, CloseOppsError] = {}
+    for name, task in tasks.items():
+        outcome = task.result()
+        if isinstance(outcome, SyncReport):
+            reports[name] = outcome
+        else:
+            errors[name] = outcome
+    if errors:
+        raise SyncError(errors, reports) from next(iter(errors.values()))
+    return reports
