@@ -1,0 +1,608 @@
+"""The ``close-opps`` commands (typer). Each command runs its work with ``asyncio.run``."""
+
+# No ``from __future__ import annotations``: typer reads these signatures at run time.
+
+import asyncio
+import contextlib
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import aclosing
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from close_opps._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, VERSION
+from close_opps.model import Opportunity, OpportunityStatus
+from close_opps.registry import providers as registered_providers
+
+from . import _render as render
+from ._runtime import (
+    PROG,
+    SANDBOX_PROVIDERS,
+    ConnectOptions,
+    ExitCodeGroup,
+    SandboxSpec,
+    Target,
+    api_key_env,
+    base_url_env,
+    fail,
+    logging_for,
+    open_adapters,
+    progress,
+    resolve_targets,
+    run,
+    usage_error,
+)
+
+if TYPE_CHECKING:
+    from close_opps.sandbox import Sandbox
+    from close_opps.sync import SyncReport
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name=PROG,
+    cls=ExitCodeGroup,
+    help=(
+        "Read sales opportunities from Close, Getraze and Reevo as one normalized record.\n\n"
+        "Try it with no account: close-opps demo"
+    ),
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+sandbox_app = typer.Typer(
+    help="The local emulators of the three CRM APIs.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=False,
+    invoke_without_command=True,
+)
+app.add_typer(sandbox_app, name="sandbox")
+
+
+# ---------------------------------------------------------------------------- options
+
+
+def parse_datetime(value: str) -> datetime:
+    """An ISO 8601 date or date-time; a naive one is UTC, a bare date midnight UTC."""
+    text = value.strip()
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not an ISO 8601 date or date-time "
+            "(e.g. 2025-01-31, 2025-01-31T09:30:00Z, 2025-01-31T09:30:00+01:00)"
+        ) from None
+    if moment.utcoffset() is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+Provider = Annotated[
+    str,
+    typer.Argument(
+        metavar="PROVIDER",
+        help="close, getraze or reevo (or an installed plugin's name).",
+        show_default=False,
+    ),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        metavar="KEY",
+        help="The provider's API key. Default: $<PROVIDER>_API_KEY (e.g. CLOSE_API_KEY).",
+        show_default=False,
+    ),
+]
+BaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--base-url",
+        metavar="URL",
+        help="Another API root (a proxy, a sandbox). Default: $<PROVIDER>_BASE_URL, "
+        "else the vendor's production API.",
+        show_default=False,
+    ),
+]
+UseSandbox = Annotated[
+    bool,
+    typer.Option(
+        "--sandbox",
+        help="Start the embedded CRM emulators in-process and read from them (no key needed).",
+    ),
+]
+Timeout = Annotated[
+    float,
+    typer.Option("--timeout", metavar="SECONDS", min=0.001, help="Limit of each HTTP request."),
+]
+Retries = Annotated[
+    int,
+    typer.Option(
+        "--retries",
+        metavar="N",
+        min=0,
+        help="Retries of a failed read (429, 5xx, connection errors); 0 turns them off.",
+    ),
+]
+Raw = Annotated[
+    bool,
+    typer.Option("--raw/--no-raw", help="JSONL: include the vendor's record as received (raw)."),
+]
+
+
+# ---------------------------------------------------------------------------- the root
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"{PROG} {VERSION}\n")
+        raise typer.Exit(0)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="Log to stderr: -v requests and retries, -vv everything.",
+        ),
+    ] = 0,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_version, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    ctx.with_resource(logging_for(verbose))
+    if ctx.invoked_subcommand is None:
+        sys.stdout.write(ctx.get_help() + "\n")
+        raise typer.Exit(0)
+
+
+def _default_format(fmt: render.OutputFormat | None) -> render.OutputFormat:
+    if fmt is not None:
+        return fmt
+    return render.OutputFormat.TABLE if sys.stdout.isatty() else render.OutputFormat.JSONL
+
+
+# ------------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    records: Annotated[
+        int, typer.Option("--records", metavar="N", min=0, help="Records per CRM emulator.")
+    ] = 60,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the data.")] = 0,
+    top: Annotated[
+        int, typer.Option("--top", metavar="N", min=0, help="Rows of the table of the latest.")
+    ] = 10,
+) -> None:
+    """Read all three CRM emulators at once and summarize: no key, no network.
+
+    Starts the embedded sandbox, lists Close, Getraze and Reevo concurrently through the
+    OpportunityHub, prints the most recently updated opportunities, counts by provider and
+    status, and the open pipeline per currency (exact decimals).
+    """
+    found, elapsed = run(_demo(seed=seed, records=records))
+    console = render.stdout_console()
+    names = ", ".join(SANDBOX_PROVIDERS)
+    console.print(
+        f"Read {len(found)} opportunities from {len(SANDBOX_PROVIDERS)} CRM emulators "
+        f"({names}) on 127.0.0.1 in {elapsed:.2f} s, through one OpportunityHub.\n"
+    )
+    latest = sorted(found, key=lambda o: (o.updated_at, o.provider, o.id), reverse=True)[:top]
+    if latest:
+        console.print(
+            render.opportunities_table(
+                latest,
+                columns=render.DEMO_COLUMNS,
+                title=f"The {len(latest)} most recently updated",
+                width=console.width,
+            )
+        )
+        console.print()
+    render.print_summary(render.summarize(found))
+    console.print(
+        "\nTry next:\n"
+        f"  {PROG} list close --sandbox --format table --limit 5\n"
+        f"  {PROG} sandbox serve      (the emulators, for any command or program)"
+    )
+
+
+async def _demo(*, seed: int, records: int) -> tuple[list[Opportunity], float]:
+    from close_opps.hub import OpportunityHub
+
+    started = time.perf_counter()
+    targets = [Target(name) for name in SANDBOX_PROVIDERS]
+    found: list[Opportunity] = []
+    spec = SandboxSpec(seed=seed, records=records)
+    async with (
+        open_adapters(targets, sandbox=spec) as adapters,
+        OpportunityHub(adapters) as hub,
+        aclosing(hub.list()) as listing,
+    ):
+        with progress() as bar:
+            task = bar.add_task("reading the sandbox CRMs", total=records * len(adapters))
+            async for opp in listing:
+                found.append(opp)
+                bar.advance(task)
+    return found, time.perf_counter() - started
+
+
+# ------------------------------------------------------------------------------- list
+
+
+@app.command("list")
+def list_(
+    provider: Provider,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            "--since",
+            metavar="DATETIME",
+            parser=parse_datetime,
+            help="Only records updated at or after this moment: ISO 8601; a naive value is "
+            "UTC, a bare date midnight UTC.",
+            show_default=False,
+        ),
+    ] = None,
+    status: Annotated[
+        list[OpportunityStatus] | None,
+        typer.Option(
+            "--status",
+            case_sensitive=False,
+            help="Only this status (repeat for several).",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", metavar="N", min=0, help="At most N records.", show_default=False),
+    ] = None,
+    fmt: Annotated[
+        render.OutputFormat | None,
+        typer.Option(
+            "--format",
+            "-f",
+            case_sensitive=False,
+            help="Output format. Default: table on a terminal, else jsonl.",
+            show_default=False,
+        ),
+    ] = None,
+    raw: Raw = True,
+    api_key: ApiKey = None,
+    base_url: BaseUrl = None,
+    sandbox: UseSandbox = False,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    retries: Retries = DEFAULT_MAX_RETRIES,
+) -> None:
+    """List a provider's opportunities (in the provider's own order).
+
+    JSONL: one normalized record per line (decimals and datetimes as strings). CSV: a header
+    and flat columns (amount, currency, owner_name, ...). Table: for reading.
+    """
+    (target,) = resolve_targets([provider], api_key=api_key, base_url=base_url, sandbox=sandbox)
+    run(
+        _list(
+            target,
+            sandbox=SandboxSpec() if sandbox else None,
+            since=since,
+            statuses=list(dict.fromkeys(status)) if status else None,
+            limit=limit,
+            fmt=_default_format(fmt),
+            raw=raw,
+            connection=ConnectOptions(timeout=timeout, retries=retries),
+        )
+    )
+
+
+async def _list(
+    target: Target,
+    *,
+    sandbox: SandboxSpec | None,
+    since: datetime | None,
+    statuses: list[OpportunityStatus] | None,
+    limit: int | None,
+    fmt: render.OutputFormat,
+    raw: bool,
+    connection: ConnectOptions,
+) -> None:
+    async with open_adapters([target], sandbox=sandbox, connection=connection) as found:
+        adapter = found[target.provider]
+        writer = render.make_writer(fmt, raw=raw)
+        with progress() as bar:
+            task = bar.add_task(f"{target.provider}: listing", total=limit)
+            pages = adapter.pages(updated_since=since, status=statuses, limit=limit)
+            async with aclosing(pages):
+                async for page in pages:
+                    if page.total is not None:
+                        total = page.total if limit is None else min(page.total, limit)
+                        bar.update(task, total=total)
+                    for opp in page.items:
+                        writer.write(opp)
+                    bar.advance(task, len(page.items))
+    writer.finish()
+
+
+# -------------------------------------------------------------------------------- get
+
+
+@app.command()
+def get(
+    provider: Provider,
+    opportunity_id: Annotated[
+        str, typer.Argument(metavar="ID", help="The provider's opportunity id.")
+    ],
+    fmt: Annotated[
+        render.RecordFormat | None,
+        typer.Option(
+            "--format",
+            "-f",
+            case_sensitive=False,
+            help="Output format. Default: table on a terminal, else jsonl.",
+            show_default=False,
+        ),
+    ] = None,
+    raw: Raw = True,
+    api_key: ApiKey = None,
+    base_url: BaseUrl = None,
+    sandbox: UseSandbox = False,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    retries: Retries = DEFAULT_MAX_RETRIES,
+) -> None:
+    """Show one opportunity by its id."""
+    if not opportunity_id.strip():
+        raise usage_error("ID must not be empty")
+    (target,) = resolve_targets([provider], api_key=api_key, base_url=base_url, sandbox=sandbox)
+    opp = run(
+        _get(
+            target,
+            opportunity_id,
+            sandbox=SandboxSpec() if sandbox else None,
+            connection=ConnectOptions(timeout=timeout, retries=retries),
+        )
+    )
+    chosen = fmt or (render.RecordFormat.TABLE if sys.stdout.isatty() else None)
+    if chosen is render.RecordFormat.TABLE:
+        render.print_record(opp)
+    else:
+        writer = render.make_writer(render.OutputFormat.JSONL, raw=raw)
+        writer.write(opp)
+        writer.finish()
+
+
+async def _get(
+    target: Target,
+    opportunity_id: str,
+    *,
+    sandbox: SandboxSpec | None,
+    connection: ConnectOptions,
+) -> Opportunity:
+    async with open_adapters([target], sandbox=sandbox, connection=connection) as found:
+        return await found[target.provider].get(opportunity_id)
+
+
+# ------------------------------------------------------------------------------- sync
+
+
+@app.command()
+def sync(
+    db: Annotated[
+        Path,
+        typer.Option(
+            "--db",
+            metavar="PATH",
+            help="The SQLite database (created if missing).",
+            show_default=False,
+        ),
+    ],
+    provider_names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[PROVIDER]...",
+            help="The providers to sync. Default: all (with --sandbox: close, getraze, reevo).",
+            show_default=False,
+        ),
+    ] = None,
+    api_key: ApiKey = None,
+    base_url: BaseUrl = None,
+    sandbox: UseSandbox = False,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    retries: Retries = DEFAULT_MAX_RETRIES,
+) -> None:
+    """Bring a SQLite database up to date: only what changed since the last run.
+
+    Prints, per provider, the records inserted, updated and unchanged, and the watermark
+    (the newest updated_at stored). --api-key and --base-url apply to one provider; for
+    several, set <PROVIDER>_API_KEY and <PROVIDER>_BASE_URL.
+    """
+    names = provider_names or (list(SANDBOX_PROVIDERS) if sandbox else registered_providers())
+    targets = resolve_targets(names, api_key=api_key, base_url=base_url, sandbox=sandbox)
+    reports, stored = run(
+        _sync(
+            targets,
+            db,
+            sandbox=SandboxSpec() if sandbox else None,
+            connection=ConnectOptions(timeout=timeout, retries=retries),
+        )
+    )
+    _print_sync(reports, db, stored)
+
+
+def _print_sync(reports: Sequence["SyncReport"], db: Path, stored: int | None) -> None:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("provider")
+    for name in ("inserted", "updated", "unchanged", "total"):
+        table.add_column(name, justify="right")
+    table.add_column("watermark (newest updated_at)")
+    for report in reports:
+        watermark = report.watermark.astimezone(UTC).isoformat() if report.watermark else ""
+        table.add_row(
+            report.provider,
+            str(report.inserted),
+            str(report.updated),
+            str(report.unchanged),
+            str(report.total),
+            watermark,
+        )
+    console = render.stdout_console()
+    console.print(table)
+    if stored is not None:
+        console.print(f"{db}: {stored} opportunities stored")
+
+
+async def _sync(
+    targets: Sequence[Target],
+    db: Path,
+    *,
+    sandbox: SandboxSpec | None,
+    connection: ConnectOptions,
+) -> tuple[list["SyncReport"], int]:
+    from close_opps import sync as syncing
+
+    store = syncing.SyncStore(db)
+    try:
+        await store.open()
+    except (sqlite3.Error, RuntimeError, OSError) as exc:
+        fail(f"cannot use the database {str(db)!r}: {exc}")
+    try:
+        async with open_adapters(targets, sandbox=sandbox, connection=connection) as adapters:
+            with progress() as bar:
+                tasks = {name: bar.add_task(f"{name}: syncing", total=None) for name in adapters}
+
+                def on_progress(name: str, so_far: int) -> None:
+                    bar.update(tasks[name], completed=so_far)
+
+                try:
+                    reports = await syncing.sync(adapters, store, on_progress=on_progress)
+                except syncing.SyncError as exc:
+                    bar.stop()
+                    if exc.reports:
+                        _print_sync(list(exc.reports.values()), db, None)
+                    fail("sync failed: " + "; ".join(exc.lines()))
+                except sqlite3.Error as exc:
+                    fail(f"cannot write the database {str(db)!r}: {exc}")
+        return list(reports.values()), await store.count()
+    finally:
+        await store.aclose()
+
+
+# -------------------------------------------------------------------------- providers
+
+
+@app.command("providers")
+def providers_() -> None:
+    """List the provider names (built-in and installed plugins)."""
+    for name in registered_providers():
+        sys.stdout.write(name + "\n")
+
+
+# ---------------------------------------------------------------------- sandbox serve
+
+
+@sandbox_app.callback()
+def _sandbox_root(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        sys.stdout.write(ctx.get_help() + "\n")
+        raise typer.Exit(0)
+
+
+@sandbox_app.command("serve")
+def serve(
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            metavar="PORT",
+            min=1,
+            max=65533,
+            help="Close on PORT, Getraze on PORT+1, Reevo on PORT+2. Default: free ports.",
+            show_default=False,
+        ),
+    ] = None,
+    records: Annotated[
+        int, typer.Option("--records", metavar="N", min=0, help="Records per CRM emulator.")
+    ] = 60,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the data.")] = 0,
+) -> None:
+    """Run the CRM emulators on 127.0.0.1 until Ctrl-C, and print how to use them."""
+    with contextlib.suppress(KeyboardInterrupt):
+        run(_serve(port=port, records=records, seed=seed))
+    sys.stderr.write(f"{PROG}: sandbox stopped\n")
+
+
+async def _serve(*, port: int | None, records: int, seed: int) -> None:
+    from close_opps.sandbox import Sandbox, serve_forever
+
+    ports = (
+        {name: port + offset for offset, name in enumerate(SANDBOX_PROVIDERS)}
+        if port is not None
+        else None
+    )
+    sandbox = Sandbox(seed=seed, records=records, ports=ports)
+    serving = asyncio.ensure_future(serve_forever(sandbox, on_ready=_announce))
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, serving.cancel)
+    try:
+        await serving
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # Ctrl-C: asyncio.run turns it into KeyboardInterrupt
+        return  # SIGTERM
+    except OSError as exc:
+        where = f"ports {port}-{port + 2}" if port is not None else "free ports"
+        fail(f"cannot start the sandbox on 127.0.0.1 {where}: {exc.strerror or exc}")
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _announce(sandbox: "Sandbox") -> None:
+    servers = sandbox.servers
+    width = max(len(name) for name in servers)
+    close = servers.get("close")
+    lines = [
+        f"{PROG} sandbox: {len(servers)} CRM emulators on 127.0.0.1 "
+        f"(seed {sandbox.seed}). Ctrl-C stops them.",
+        "",
+        *(
+            f"  {name:<{width}}  {server.base_url}  key: {server.api_key}"
+            for name, server in servers.items()
+        ),
+        "",
+        "From another shell, either set the variables:",
+        "",
+        *(
+            f"  export {api_key_env(name)}={server.api_key} {base_url_env(name)}={server.base_url}"
+            for name, server in servers.items()
+        ),
+        "",
+        f"  {PROG} list close --limit 5",
+        f"  {PROG} sync --db opps.db",
+    ]
+    if close is not None:
+        lines += [
+            "",
+            "or pass them to one command:",
+            "",
+            f"  {PROG} list close --base-url {close.base_url} --api-key {close.api_key} --limit 5",
+        ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()

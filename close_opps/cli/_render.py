@@ -1,0 +1,453 @@
+"""What the command line prints: JSONL, CSV and rich tables of opportunities, and summaries.
+
+Data goes to ``sys.stdout`` (looked up at each write, so a progress display or a test runner
+that swaps the stream sees every line); nothing here writes to stderr.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import io
+import json
+import os
+import sys
+import types
+import typing
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import cache
+from typing import Any, Protocol
+
+import attrs
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console
+from rich.table import Table
+
+from close_opps.model import Money, Opportunity, OpportunityStatus, Ref
+from close_opps.serialize import FIELDS, opportunity_to_dict, opportunity_to_json
+
+__all__ = [
+    "Column",
+    "OutputFormat",
+    "RecordFormat",
+    "Writer",
+    "csv_columns",
+    "flatten",
+    "make_writer",
+    "print_opportunities",
+    "print_record",
+    "print_summary",
+    "stdout_console",
+]
+
+
+class OutputFormat(enum.StrEnum):
+    """The formats of ``close-opps list``."""
+
+    JSONL = "jsonl"
+    CSV = "csv"
+    TABLE = "table"
+
+
+class RecordFormat(enum.StrEnum):
+    """The formats of ``close-opps get``."""
+
+    JSONL = "jsonl"
+    TABLE = "table"
+
+
+def emit(text: str) -> None:
+    """Write ``text`` to the current ``sys.stdout``."""
+    sys.stdout.write(text)
+
+
+#: Table width when stdout is not a terminal and ``COLUMNS`` is unset (rich would use 80).
+PIPED_WIDTH = 120
+
+
+def stdout_console() -> Console:
+    """A rich console on the current stdout (colours only on a terminal, never highlighting).
+
+    Tables written to a file or a pipe are :data:`PIPED_WIDTH` wide unless ``COLUMNS`` says.
+    """
+    console = Console(file=sys.stdout, highlight=False, soft_wrap=False)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = PIPED_WIDTH
+    return console
+
+
+# ------------------------------------------------------------------------- flattened columns
+
+
+@attrs.frozen
+class Column:
+    """One flat column: ``field`` of the record, and ``part`` of it when the field is nested."""
+
+    name: str
+    field: str
+    part: str | None = None
+
+
+def _plain_type(hint: Any) -> Any:
+    """``hint`` without ``| None``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+@cache
+def csv_columns() -> tuple[Column, ...]:
+    """The CSV columns, derived from :data:`close_opps.serialize.FIELDS`.
+
+    A nested record (``Ref``, ``Contact``) becomes one column per attribute
+    (``owner_id``, ``owner_name``, ``contact_email``); ``Money`` becomes ``amount`` and
+    ``currency``; mappings (``custom_fields``) one JSON column; ``raw`` is left out.
+    """
+    hints = typing.get_type_hints(Opportunity)
+    columns: list[Column] = []
+    for name in FIELDS:
+        if name == "raw":
+            continue
+        kind = _plain_type(hints.get(name, Any))
+        if isinstance(kind, type) and attrs.has(kind):
+            for part in attrs.fields(kind):
+                label = part.name if kind is Money else f"{name}_{part.name}"
+                columns.append(Column(label, name, part.name))
+        else:
+            columns.append(Column(name, name))
+    names = [c.name for c in columns]
+    if len(set(names)) != len(names):  # pragma: no cover - a future field clashing
+        columns = [
+            Column(f"{c.field}_{c.part}" if c.part else c.name, c.field, c.part) for c in columns
+        ]
+    return tuple(columns)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Mapping):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True) if value else ""
+    if isinstance(value, list):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def flatten(opportunity: Opportunity) -> dict[str, str]:
+    """The record as ``{column: text}``, in :func:`csv_columns` order (``""`` for none)."""
+    data = opportunity_to_dict(opportunity, raw=False)
+    row: dict[str, str] = {}
+    for column in csv_columns():
+        value = data.get(column.field)
+        if column.part is not None:
+            value = value.get(column.part) if isinstance(value, Mapping) else None
+        row[column.name] = _cell(value)
+    return row
+
+
+# --------------------------------------------------------------------------- list's writers
+
+
+class Writer(Protocol):
+    """Receives records one by one; :meth:`finish` ends the output."""
+
+    def write(self, opportunity: Opportunity) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class _JsonlWriter:
+    def __init__(self, *, raw: bool) -> None:
+        self._raw = raw
+
+    def write(self, opportunity: Opportunity) -> None:
+        emit(opportunity_to_json(opportunity, raw=self._raw) + "\n")
+
+    def finish(self) -> None:
+        sys.stdout.flush()
+
+
+class _CsvWriter:
+    def __init__(self) -> None:
+        self._names = [c.name for c in csv_columns()]
+        self._buffer = io.StringIO()
+        self._csv = csv.DictWriter(self._buffer, fieldnames=self._names, lineterminator="\n")
+        self._csv.writeheader()
+        self._flush()
+
+    def _flush(self) -> None:
+        emit(self._buffer.getvalue())
+        self._buffer.seek(0)
+        self._buffer.truncate()
+
+    def write(self, opportunity: Opportunity) -> None:
+        self._csv.writerow(flatten(opportunity))
+        self._flush()
+
+    def finish(self) -> None:
+        sys.stdout.flush()
+
+
+class _TableWriter:
+    def __init__(self, *, show_provider: bool) -> None:
+        self._show_provider = show_provider
+        self._records: list[Opportunity] = []
+
+    def write(self, opportunity: Opportunity) -> None:
+        self._records.append(opportunity)
+
+    def finish(self) -> None:
+        print_opportunities(self._records, show_provider=self._show_provider)
+
+
+def make_writer(fmt: OutputFormat, *, raw: bool = True, show_provider: bool = False) -> Writer:
+    """The writer for ``fmt`` (the CSV header is written at once)."""
+    if fmt is OutputFormat.JSONL:
+        return _JsonlWriter(raw=raw)
+    if fmt is OutputFormat.CSV:
+        return _CsvWriter()
+    return _TableWriter(show_provider=show_provider)
+
+
+# -------------------------------------------------------------------------------- tables
+
+
+def money_text(money: Money | None) -> str:
+    """``"175,000.00 USD"``: every digit the provider sent, with thousands separators."""
+    if money is None:
+        return ""
+    amount = f"{money.amount:,}"
+    return f"{amount} {money.currency}" if money.currency else amount
+
+
+def _when(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+#: The columns of the table of ``close-opps list``, most important first (a screen too
+#: narrow for all of them loses the last ones).
+LIST_COLUMNS: tuple[str, ...] = ("id", "name", "status", "amount", "updated", "stage", "owner")
+#: The columns of the demo's table (several providers; ids left out for room).
+DEMO_COLUMNS: tuple[str, ...] = ("provider", "name", "status", "amount", "updated", "stage")
+
+
+#: The widest a free-text column of a table gets (longer text ends with "…").
+_FREE_TEXT_WIDTH: Mapping[str, int] = {"name": 40, "stage": 20, "owner": 24}
+
+
+def _ref_text(ref: Ref | None) -> str:
+    if ref is None:
+        return ""
+    return ref.name or ref.id or ""
+
+
+def _table_cell(opp: Opportunity, column: str) -> str:
+    if column == "provider":
+        return opp.provider
+    if column == "id":
+        return opp.id
+    if column == "name":
+        return opp.name or ""
+    if column == "status":
+        return opp.status.value
+    if column == "amount":
+        return money_text(opp.amount)
+    if column == "stage":
+        return _ref_text(opp.stage)
+    if column == "owner":
+        return _ref_text(opp.owner)
+    if column == "updated":
+        return _when(opp.updated_at)
+    raise ValueError(f"unknown table column {column!r}")  # pragma: no cover
+
+
+#: What a table adds to its columns' widths: 3 between two columns, 1 at each edge.
+def _overhead(count: int) -> int:
+    return 3 * max(count - 1, 0) + 2
+
+
+#: The narrowest a free-text column is shown; below that it is dropped instead.
+_FREE_TEXT_MIN = 10
+
+
+def _widths(
+    columns: Sequence[str], headers: Mapping[str, str], cells: Mapping[str, Sequence[str]]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Each column's least and natural widths (free text: capped, and cut below that)."""
+    least: dict[str, int] = {}
+    natural: dict[str, int] = {}
+    for column in columns:
+        widest = max([cell_len(headers[column]), *(cell_len(c) for c in cells[column])])
+        if column in _FREE_TEXT_WIDTH:
+            natural[column] = min(widest, _FREE_TEXT_WIDTH[column])
+            least[column] = min(natural[column], max(cell_len(headers[column]), _FREE_TEXT_MIN))
+        else:
+            natural[column] = least[column] = widest
+    return least, natural
+
+
+def _layout(
+    columns: Sequence[str],
+    least: Mapping[str, int],
+    natural: Mapping[str, int],
+    width: int | None,
+) -> dict[str, int]:
+    """The columns shown and their widths, within ``width``.
+
+    Ids, statuses, amounts and dates keep their full width; free text gets what is left,
+    the first columns first (at least :data:`_FREE_TEXT_MIN` each). When even that does not
+    fit, the last columns are left out, whole (the first two always stay).
+    """
+    kept = list(columns)
+    if width is None:
+        return {column: natural[column] for column in kept}
+    while len(kept) > 2 and sum(least[c] for c in kept) + _overhead(len(kept)) > width:
+        kept.pop()
+    sizes = {column: least[column] for column in kept}
+    spare = width - sum(sizes.values()) - _overhead(len(kept))
+    for column in kept:  # the room left goes to the first columns first (the name)
+        grow = max(0, min(spare, natural[column] - sizes[column]))
+        sizes[column] += grow
+        spare -= grow
+    return sizes
+
+
+def opportunities_table(
+    records: Sequence[Opportunity],
+    *,
+    columns: Sequence[str] = LIST_COLUMNS,
+    title: str | None = None,
+    width: int | None = None,
+) -> Table:
+    """A rich table of ``records`` with ``columns`` (of :data:`LIST_COLUMNS` and
+    ``"provider"``); datetimes in UTC to the minute, amounts exact.
+
+    Ids, statuses, amounts and dates are never cut; names, stages and owners end with "…"
+    when there is no room. When ``width`` cannot hold every column, the last ones are left
+    out.
+    """
+    headers = {column: "updated (UTC)" if column == "updated" else column for column in columns}
+    cells = {column: [_table_cell(opp, column) for opp in records] for column in columns}
+    least, natural = _widths(columns, headers, cells)
+    sizes = _layout(columns, least, natural, width)
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    for column, size in sizes.items():
+        table.add_column(
+            headers[column],
+            no_wrap=True,
+            overflow="ellipsis",
+            width=size,
+            justify="right" if column == "amount" else "left",
+        )
+    for index in range(len(records)):
+        table.add_row(*(cells[column][index] for column in sizes))
+    return table
+
+
+def print_opportunities(records: Sequence[Opportunity], *, show_provider: bool) -> None:
+    """``records`` as a table on stdout, with a count underneath."""
+    console = stdout_console()
+    columns = ("provider", *LIST_COLUMNS) if show_provider else LIST_COLUMNS
+    console.print(opportunities_table(records, columns=columns, width=console.width))
+    count = len(records)
+    console.print(f"{count} opportunit{'y' if count == 1 else 'ies'}")
+
+
+def print_record(opportunity: Opportunity) -> None:
+    """One record as a two-column field/value table on stdout."""
+    table = Table(box=box.SIMPLE_HEAD, show_header=True, pad_edge=False)
+    table.add_column("field", no_wrap=True, style="bold")
+    table.add_column("value", overflow="fold")
+    for name, value in flatten(opportunity).items():
+        table.add_row(name, value)
+    stdout_console().print(table)
+
+
+# ------------------------------------------------------------------------------- summary
+
+
+@attrs.frozen
+class Summary:
+    """Counts by provider and status, and the open pipeline per currency (exact decimals)."""
+
+    counts: Mapping[str, Mapping[OpportunityStatus, int]]
+    open_by_currency: Mapping[str, tuple[int, Decimal]]
+    open_without_amount: int
+    total: int
+
+
+#: How a missing currency is shown.
+NO_CURRENCY = "(none)"
+
+
+def summarize(records: Iterable[Opportunity]) -> Summary:
+    """Count ``records`` by provider and status, and total the open ones per currency."""
+    counts: dict[str, Counter[OpportunityStatus]] = defaultdict(Counter)
+    deals: Counter[str] = Counter()
+    values: dict[str, Decimal] = defaultdict(Decimal)
+    without_amount = 0
+    total = 0
+    for opp in records:
+        total += 1
+        counts[opp.provider][opp.status] += 1
+        if opp.status is not OpportunityStatus.OPEN:
+            continue
+        if opp.amount is None:
+            without_amount += 1
+            continue
+        currency = opp.amount.currency or NO_CURRENCY
+        deals[currency] += 1
+        values[currency] += opp.amount.amount
+    return Summary(
+        counts={p: dict(c) for p, c in sorted(counts.items())},
+        open_by_currency={c: (deals[c], values[c]) for c in sorted(values)},
+        open_without_amount=without_amount,
+        total=total,
+    )
+
+
+def print_summary(summary: Summary) -> None:
+    """The two summary tables on stdout."""
+    console = stdout_console()
+    by_status = Table(
+        title="By provider and status", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False
+    )
+    by_status.add_column("provider")
+    statuses = list(OpportunityStatus)
+    for status in statuses:
+        by_status.add_column(status.value, justify="right")
+    by_status.add_column("total", justify="right")
+    column_totals: Counter[OpportunityStatus] = Counter()
+    for provider, counts in summary.counts.items():
+        column_totals.update(counts)
+        by_status.add_row(
+            provider, *(str(counts.get(s, 0)) for s in statuses), str(sum(counts.values()))
+        )
+    by_status.add_section()
+    by_status.add_row(
+        "all", *(str(column_totals[s]) for s in statuses), str(summary.total), style="bold"
+    )
+    console.print(by_status)
+    console.print()
+
+    pipeline = Table(
+        title="Open pipeline by currency", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False
+    )
+    pipeline.add_column("currency")
+    pipeline.add_column("open deals", justify="right")
+    pipeline.add_column("value", justify="right")
+    for currency, (count, value) in summary.open_by_currency.items():
+        pipeline.add_row(currency, str(count), f"{value:,}")
+    console.print(pipeline)
+    if summary.open_without_amount:
+        console.print(f"({summary.open_without_amount} open deals have no amount)")
