@@ -417,7 +417,8 @@ BOUNDS = {
 class FakeClose:
     """Close's list endpoint over a fixed data set, for aioresponses callbacks.
 
-    Orders by ``_order_by`` (ties by id), filters on ``date_updated__gte/gt/lte/lt`` and
+    Orders by ``_order_by`` (ties by id), filters on ``date_updated``/``date_created`` with
+    ``__gte/gt/lte/lt`` and
     ``status_type(__in)``, and enforces a maximum ``_skip`` and ``_limit`` with Close's 400s.
     """
 
@@ -444,14 +445,15 @@ class FakeClose:
             )
             return CallbackResult(status=400, payload={"error": message})
         rows = self.records
-        for op, keep in BOUNDS.items():
-            if f"date_updated__{op}" in q:
-                bound = datetime.fromisoformat(q[f"date_updated__{op}"])
-                rows = [r for r in rows if keep(datetime.fromisoformat(r["date_updated"]), bound)]
+        for field in ("date_updated", "date_created"):
+            for op, keep in BOUNDS.items():
+                if f"{field}__{op}" in q:
+                    bound = datetime.fromisoformat(q[f"{field}__{op}"])
+                    rows = [r for r in rows if keep(datetime.fromisoformat(r[field]), bound)]
         types = q.get("status_type__in", q.get("status_type"))
         if types:
             rows = [r for r in rows if r["status_type"] in types.split(",")]
-        order = q.get("_order_by", "date_updated")
+        order = q.get("_order_by", "-date_created")
         key = order.lstrip("-")
         rows = sorted(rows, key=lambda r: (r[key], r["id"]), reverse=order.startswith("-"))
         page = rows[skip : skip + limit]
@@ -556,10 +558,31 @@ class TestList:
             got = await list_all(close)
         assert [o.id for o in got] == [r["id"] for r in records]
         assert len({o.id for o in got}) == 203
-        resumed = [q for q in fake.seen if "date_updated__gte" in q]
+        resumed = [q for q in fake.seen if "date_created__gte" in q]
         assert resumed  # the listing moved its bound instead of failing
         # once the server named its maximum, no later window asks past it
         assert max(int(q["_skip"]) for q in resumed) <= 20
+
+    async def test_edits_during_the_listing_skip_nothing(self, mocked: aioresponses) -> None:
+        # While the listing runs, the CRM is edited: after each page, an already listed
+        # record gets a new date_updated. Ordered by date_updated, every edit would move a
+        # record to the end and shift the rest back, so the next offset page would miss one.
+        records = make_records(60, same_time_every=3)
+        fake = FakeClose(records, max_skip=10_000, max_limit=100)
+        edited = iter(records[::7])
+
+        def edit_after_each_page(url: URL, **kwargs: Any) -> CallbackResult:
+            result = fake(url, **kwargs)
+            record = next(edited, None)
+            if record is not None:
+                record["date_updated"] = utc(2026, 1, 1).isoformat()
+            return result
+
+        mocked.get(LIST_URL, callback=edit_after_each_page, repeat=True)
+        async with CloseAdapter(KEY, page_size=10, concurrency=1) as close:
+            got = await list_all(close)
+        assert sorted(o.id for o in got) == sorted(r["id"] for r in records)
+        assert {q["_order_by"] for q in fake.seen} == {"date_created"}
 
     async def test_skip_limit_with_descending_order(self, mocked: aioresponses) -> None:
         records = make_records(64, same_time_every=5)

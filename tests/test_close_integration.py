@@ -55,12 +55,12 @@ async def test_skip_limit_reached_mid_listing() -> None:
         async with adapter(sb.close, page_size=20, concurrency=3) as close:
             got = [opp async for opp in close.list()]
         refused = [r for r in sb.close.requests if int(r.query["_skip"]) > 60]
-        resumed = [r for r in sb.close.requests if "date_updated__gte" in r.query]
+        resumed = [r for r in sb.close.requests if "date_created__gte" in r.query]
         assert sorted(o.id for o in got) == sorted(sb.close.ids)
     assert len(got) == 230
     assert refused  # the server's 400 was met and got past
     assert resumed
-    assert [o.updated_at for o in got] == sorted(o.updated_at for o in got)
+    assert [o.created_at for o in got] == sorted(o.created_at for o in got)
 
 
 async def test_429_with_ratelimit_then_success(close_server: VendorServer) -> None:

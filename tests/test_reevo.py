@@ -755,7 +755,7 @@ class TestList:
             {"field": "amount", "operator": "gte", "value": "1000"},
         ]
         assert body["limit"] == 50
-        assert "sort" not in body
+        assert body["sort"] == [{"field": "created_at", "direction": "asc"}]  # the default
 
     @pytest.mark.parametrize(
         ("status", "expected"),

@@ -43,6 +43,11 @@ _REQUIRED_FIELDS: Final = ("id", "date_created", "date_updated")
 #: Sort keys listing can resume on when it reaches the maximum ``_skip`` (they are in every
 #: record, so the last one seen gives the next window's bound).
 _RESUMABLE_ORDER: Final = {"date_updated": "date_updated", "date_created": "date_created"}
+#: Oldest created first: an edit never moves a record in this order, and new records come
+#: last, so offset pages neither skip nor repeat a record while the CRM is being edited.
+#: (Ordered by date_updated, each edit moves a record to the end and every record after it
+#: one place back: offset pages would skip one.)
+_DEFAULT_ORDER: Final = "date_created"
 _LIST_PARAMS_OWNED: Final = frozenset({"_skip", "_limit", "_order_by", "_group_by", "_fields"})
 _NUMBER = re.compile(r"(\d+)")
 
@@ -235,9 +240,10 @@ class _Window:
 class CloseAdapter(BaseAdapter):
     """Opportunities from Close.
 
-    ``list()`` orders by ``date_updated`` (oldest first) unless ``order_by`` says otherwise,
-    and gets past Close's maximum ``_skip`` by restarting from the last ``date_updated``
-    seen, dropping the records already yielded at that instant. Once the first page has told
+    ``list()`` orders by ``date_created`` (oldest first: edits made while the listing runs
+    move no record) unless ``order_by`` says otherwise, and gets past Close's maximum
+    ``_skip`` by restarting from the last ``date_created`` seen, dropping the records
+    already yielded at that instant. Once the first page has told
     the total, the following pages are fetched ``concurrency`` at a time, in order.
 
     Filters of Close's list endpoint are passed by their own names: ``lead_id``, ``user_id``,
@@ -249,10 +255,8 @@ class CloseAdapter(BaseAdapter):
     default_base_url = "https://api.close.com/api/v1"
     dialect_class = CloseDialect
 
-    def __init__(self, api_key: str, **options: Any) -> None:
-        super().__init__(api_key, **options)
-        #: Learned from the server's 400 answer; it holds for the adapter's lifetime.
-        self._max_skip: int | None = None
+    #: Close's maximum ``_skip``, once a 400 has named it; it holds for the adapter's lifetime.
+    _max_skip: int | None = None
 
     async def get(self, opportunity_id: str, *, fields: Iterable[str] | None = None) -> Opportunity:
         """One opportunity: ``GET /opportunity/{id}/``."""
@@ -294,7 +298,7 @@ class CloseAdapter(BaseAdapter):
         params.update({k: v.isoformat() for k, v in bounds.items() if v is not None})
         if query.query is not None:
             params["query"] = query.query
-        params["_order_by"] = query.order_by or "date_updated"
+        params["_order_by"] = query.order_by or _DEFAULT_ORDER
         return params
 
     async def _fetch(self, params: Mapping[str, Any], skip: int, limit: int) -> Page:
@@ -377,7 +381,7 @@ class CloseAdapter(BaseAdapter):
             skip = skips[-1] + page_size
 
     async def _pages(self, query: ListQuery) -> AsyncGenerator[Page, None]:
-        order = query.order_by or "date_updated"
+        order = query.order_by or _DEFAULT_ORDER
         window = _Window(
             order_field=_RESUMABLE_ORDER.get(order.lstrip("-")),
             descending=order.startswith("-"),

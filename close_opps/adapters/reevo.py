@@ -327,9 +327,14 @@ def _status_filter(statuses: frozenset[OpportunityStatus] | None) -> dict[str, A
     return None  # {OPEN, WON} or {OPEN, LOST}: filtered locally only
 
 
+#: Oldest created first: an edit never moves a record in this order and new records come
+#: last, so a listing neither skips nor repeats records while the CRM is being edited.
+_DEFAULT_SORT: Final = ({"field": "created_at", "direction": "asc"},)
+
+
 def _sort(order_by: str | None) -> list[dict[str, str]]:
     if order_by is None:
-        return []
+        return [dict(key) for key in _DEFAULT_SORT]
     sort = []
     for token in order_by.split(","):
         name = token.strip()
