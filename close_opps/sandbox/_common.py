@@ -13,9 +13,9 @@ from typing import Any, Final, TypeVar, cast
 import attrs
 from aiohttp import web
 
-from ._data import Deal
-from ._faults import FaultInjector
-from ._options import RateLimit
+from ._data import Deal, generate_deals
+from ._faults import FAULTS, FaultInjector, FaultRenderer, fault_middleware
+from ._options import DEFAULT_RECORDS, RateLimit
 
 __all__ = [
     "JSON",
@@ -25,6 +25,7 @@ __all__ = [
     "VendorState",
     "WindowLimiter",
     "parse_datetime",
+    "vendor_app",
 ]
 
 JSON = dict[str, Any]
@@ -226,3 +227,36 @@ def wall_clock() -> float:
 def monotonic_clock() -> float:
     """A monotonic clock for windows that are reported relative to now."""
     return time.monotonic()
+
+
+def vendor_app(
+    vendor: str,
+    options: Any,
+    *,
+    seed: int,
+    render: Renderer,
+    limiter: WindowLimiter,
+    fault_renderer: FaultRenderer,
+    middleware: Any,
+) -> web.Application:
+    """What every emulator app shares: its state, faults and middlewares (routes are its own).
+
+    ``options.seed`` and ``options.records``, when set, win over ``seed`` and the default
+    record count.
+    """
+    seed = options.seed if options.seed is not None else seed
+    count = options.records if options.records is not None else DEFAULT_RECORDS
+    faults = FaultInjector(fault_renderer, config=options.faults, latency=options.latency or 0.0)
+    app = web.Application(middlewares=[fault_middleware, middleware])
+    app[FAULTS] = faults
+    app[STATE] = VendorState(
+        vendor=vendor,
+        api_key=options.api_key,
+        seed=seed,
+        deals=generate_deals(seed, count),
+        render=render,
+        faults=faults,
+        limiter=limiter,
+        options=options,
+    )
+    return app

@@ -27,10 +27,11 @@ from ._common import (
     WindowLimiter,
     monotonic_clock,
     parse_datetime,
+    vendor_app,
 )
-from ._data import Deal, format_close_money, generate_deals, render_close
-from ._faults import FAULTS, Fault, FaultInjector, fault_middleware, format_seconds, gateway_page
-from ._options import DEFAULT_RECORDS, CloseOptions
+from ._data import Deal, format_close_money, render_close
+from ._faults import Fault, format_seconds, gateway_page
+from ._options import CloseOptions
 
 __all__ = ["BASE_PATH", "make_app"]
 
@@ -424,8 +425,6 @@ def make_app(options: CloseOptions | None = None, *, seed: int = 0) -> web.Appli
     counters) is ``app[STATE]``; its fault injector is ``app[FAULTS]``.
     """
     options = options or CloseOptions()
-    seed = options.seed if options.seed is not None else seed
-    count = options.records if options.records is not None else DEFAULT_RECORDS
     extras = options.schema_extras
 
     def render(seed: int, deal: Deal) -> tuple[JSON, JSON]:
@@ -433,22 +432,14 @@ def make_app(options: CloseOptions | None = None, *, seed: int = 0) -> web.Appli
         return record, record
 
     limiter = WindowLimiter(options.rate_limit, monotonic_clock)
-    faults = FaultInjector(
-        _Renderer(limiter, options.rate_limit_headers),
-        config=options.faults,
-        latency=options.latency or 0.0,
-    )
-    app = web.Application(middlewares=[fault_middleware, _close_middleware])
-    app[FAULTS] = faults
-    app[STATE] = VendorState(
-        vendor="close",
-        api_key=options.api_key,
+    app = vendor_app(
+        "close",
+        options,
         seed=seed,
-        deals=generate_deals(seed, count),
         render=render,
-        faults=faults,
         limiter=limiter,
-        options=options,
+        fault_renderer=_Renderer(limiter, options.rate_limit_headers),
+        middleware=_close_middleware,
     )
     for path in (f"{BASE_PATH}/opportunity/", f"{BASE_PATH}/opportunity"):
         app.router.add_get(path, _list)

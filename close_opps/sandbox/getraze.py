@@ -18,16 +18,24 @@ from typing import Any, Final
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ._common import JSON, RECORDS, STATE, LimitStatus, VendorState, WindowLimiter, wall_clock
+from ._common import (
+    JSON,
+    RECORDS,
+    STATE,
+    LimitStatus,
+    VendorState,
+    WindowLimiter,
+    vendor_app,
+    wall_clock,
+)
 from ._data import (
     Deal,
-    generate_deals,
     render_getraze_detail,
     render_getraze_documented,
     render_getraze_list,
 )
-from ._faults import FAULTS, Fault, FaultInjector, fault_middleware, format_seconds, gateway_page
-from ._options import DEFAULT_RECORDS, GetrazeOptions
+from ._faults import Fault, format_seconds, gateway_page
+from ._options import GetrazeOptions
 
 __all__ = ["BASE_PATH", "make_app"]
 
@@ -304,8 +312,6 @@ def make_app(options: GetrazeOptions | None = None, *, seed: int = 0) -> web.App
     fault injector is ``app[FAULTS]``.
     """
     options = options or GetrazeOptions()
-    seed = options.seed if options.seed is not None else seed
-    count = options.records if options.records is not None else DEFAULT_RECORDS
     documented = options.record_form == "documented"
 
     def render(seed: int, deal: Deal) -> tuple[JSON, JSON]:
@@ -315,20 +321,14 @@ def make_app(options: GetrazeOptions | None = None, *, seed: int = 0) -> web.App
         return render_getraze_list(seed, deal), render_getraze_detail(seed, deal)
 
     limiter = WindowLimiter(options.rate_limit, wall_clock)
-    faults = FaultInjector(
-        _Renderer(limiter), config=options.faults, latency=options.latency or 0.0
-    )
-    app = web.Application(middlewares=[fault_middleware, _getraze_middleware])
-    app[FAULTS] = faults
-    app[STATE] = VendorState(
-        vendor="getraze",
-        api_key=options.api_key,
+    app = vendor_app(
+        "getraze",
+        options,
         seed=seed,
-        deals=generate_deals(seed, count),
         render=render,
-        faults=faults,
         limiter=limiter,
-        options=options,
+        fault_renderer=_Renderer(limiter),
+        middleware=_getraze_middleware,
     )
     for path in (f"{BASE_PATH}/opportunities", f"{BASE_PATH}/opportunities/"):
         app.router.add_get(path, _list)

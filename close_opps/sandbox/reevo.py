@@ -25,14 +25,14 @@ from ._common import (
     JSON,
     RECORDS,
     STATE,
-    VendorState,
     WindowLimiter,
     monotonic_clock,
     parse_datetime,
+    vendor_app,
 )
-from ._data import REEVO_LIST_ATTRIBUTES, REEVO_VALUE_TYPES, Deal, generate_deals, render_reevo
-from ._faults import FAULTS, Fault, FaultInjector, fault_middleware, format_seconds, gateway_page
-from ._options import DEFAULT_RECORDS, ReevoOptions
+from ._data import REEVO_LIST_ATTRIBUTES, REEVO_VALUE_TYPES, Deal, render_reevo
+from ._faults import Fault, format_seconds, gateway_page
+from ._options import ReevoOptions
 
 __all__ = ["BASE_PATH", "OPERATORS", "make_app"]
 
@@ -450,26 +450,20 @@ def make_app(options: ReevoOptions | None = None, *, seed: int = 0) -> web.Appli
     fault injector is ``app[FAULTS]``.
     """
     options = options or ReevoOptions()
-    seed = options.seed if options.seed is not None else seed
-    count = options.records if options.records is not None else DEFAULT_RECORDS
 
     def render(seed: int, deal: Deal) -> tuple[JSON, JSON]:
         record = render_reevo(seed, deal)
         return record, record
 
     limiter = WindowLimiter(options.rate_limit, monotonic_clock)
-    faults = FaultInjector(_Renderer(), config=options.faults, latency=options.latency or 0.0)
-    app = web.Application(middlewares=[fault_middleware, _reevo_middleware])
-    app[FAULTS] = faults
-    app[STATE] = VendorState(
-        vendor="reevo",
-        api_key=options.api_key,
+    app = vendor_app(
+        "reevo",
+        options,
         seed=seed,
-        deals=generate_deals(seed, count),
         render=render,
-        faults=faults,
         limiter=limiter,
-        options=options,
+        fault_renderer=_Renderer(),
+        middleware=_reevo_middleware,
     )
     app.router.add_post(f"{BASE_PATH}/opportunity/_query", _query)
     app.router.add_get(f"{BASE_PATH}/opportunity/{{id}}", _get)
