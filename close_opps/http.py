@@ -439,6 +439,7 @@ class Dialect:
         self, status: int, headers: Mapping[str, str], data: Any, *, api_key: Secret | None = None
     ) -> APIError:
         """The typed error for an error response (or an error envelope in a 2xx body)."""
+        headers = _ci(headers)
         fields = self.error_fields(data)
         cls = (fields.code and self.error_classes_by_code.get(fields.code)) or (
             error_class_for_status(status)

@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import date, datetime, time
-from decimal import Decimal
 from enum import Enum
 from typing import Any
 
 import attrs
-import cattrs
 
 from close_opps.model import Opportunity
 
@@ -28,10 +26,10 @@ def _jsonable(value: Any) -> Any:
     Custom fields may hold what a provider's value decoders made (decimals, times, UUIDs,
     small attrs classes); none of them may make a record unwritable.
     """
+    if isinstance(value, Enum):  # before str: OpportunityStatus is a StrEnum
+        return _jsonable(value.value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, Enum):
-        return _jsonable(value.value)
     if isinstance(value, (datetime, date, time)):
         return value.isoformat()
     if isinstance(value, Mapping):
@@ -43,11 +41,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)  # Decimal, UUID, and anything else with a faithful text form
 
 
-_converter = cattrs.Converter()
-_converter.register_unstructure_hook(Decimal, str)
-_converter.register_unstructure_hook(datetime, datetime.isoformat)
-_converter.register_unstructure_hook_func(lambda t: t is Mapping[str, Any], _jsonable)
-
 #: The top-level keys of :func:`opportunity_to_dict`, in order.
 FIELDS: tuple[str, ...] = tuple(a.name for a in Opportunity.__attrs_attrs__)
 
@@ -57,7 +50,7 @@ def opportunity_to_dict(opportunity: Opportunity, *, raw: bool = True) -> dict[s
 
     ``raw=False`` leaves the vendor payload out (it can be large).
     """
-    data: dict[str, Any] = _jsonable(_converter.unstructure(opportunity))
+    data: dict[str, Any] = _jsonable(opportunity)
     if not raw:
         data.pop("raw", None)
     return data

@@ -13,7 +13,7 @@ import abc
 import asyncio
 import builtins
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import aclosing
 from datetime import datetime
 from types import TracebackType
@@ -126,7 +126,7 @@ class Page:
     has_more: bool = False
     meta: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Opportunity]:
         return iter(self.items)
 
     def __len__(self) -> int:
