@@ -89,18 +89,22 @@ def _invalid_body(
 # ----------------------------------------------------------------------------- faults, auth
 
 
+def _too_many_requests(wait: str, *, header: bool = True) -> web.Response:
+    """Reevo's 429: the wait in ``Retry-After`` (unless ``header`` is false) and the body."""
+    return web.json_response(
+        {
+            "error": "rate_limit_exceeded",
+            "message": f"Too many requests. Retry after {wait} seconds.",
+        },
+        status=429,
+        headers={"Retry-After": wait} if header else {},
+    )
+
+
 class _Renderer:
     def rate_limited(self, request: web.Request, fault: Fault) -> web.StreamResponse:
         wait = format_seconds(fault.seconds)
-        headers = {} if fault.retry_after_header is False else {"Retry-After": wait}
-        return web.json_response(
-            {
-                "error": "rate_limit_exceeded",
-                "message": f"Too many requests. Retry after {wait} seconds.",
-            },
-            status=429,
-            headers=headers,
-        )
+        return _too_many_requests(wait, header=fault.retry_after_header is not False)
 
     def server_error(self, request: web.Request, status: int) -> web.StreamResponse:
         if status == 500:
@@ -125,15 +129,7 @@ async def _reevo_middleware(request: web.Request, handler: Handler) -> web.Strea
         return web.json_response({"detail": "Invalid API key"}, status=401)
     limit = state.limiter.hit(key)
     if not limit.allowed:
-        wait = max(1, math.ceil(limit.reset_in))
-        return web.json_response(
-            {
-                "error": "rate_limit_exceeded",
-                "message": f"Too many requests. Retry after {wait} seconds.",
-            },
-            status=429,
-            headers={"Retry-After": str(wait)},
-        )
+        return _too_many_requests(str(max(1, math.ceil(limit.reset_in))))
     try:
         return await handler(request)
     except _ApiError as exc:
