@@ -19,19 +19,24 @@ from close_opps.adapters.base import BaseAdapter, ListQuery, Page
 from close_opps.adapters.close import CloseAdapter
 from close_opps.adapters.getraze import GetrazeAdapter
 from close_opps.adapters.reevo import ReevoAdapter
+from close_opps.changes import Change, ChangeKind
 from close_opps.errors import (
     APIError,
     APITimeoutError,
     AuthenticationError,
     CloseOppsError,
     DecodeError,
+    EndpointNotFoundError,
+    IncompleteListingError,
     InvalidRequestError,
+    MassDeletionError,
     NotFoundError,
     PaginationError,
     PermissionDeniedError,
     RateLimitError,
     ServerError,
     TransportError,
+    WebhookSignatureError,
 )
 from close_opps.http import RateLimit
 from close_opps.hub import OpportunityHub
@@ -44,13 +49,18 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BaseAdapter",
+    "Change",
+    "ChangeKind",
     "CloseAdapter",
     "CloseOppsError",
     "Contact",
     "DecodeError",
+    "EndpointNotFoundError",
     "GetrazeAdapter",
+    "IncompleteListingError",
     "InvalidRequestError",
     "ListQuery",
+    "MassDeletionError",
     "Money",
     "NotFoundError",
     "Opportunity",
@@ -68,6 +78,7 @@ __all__ = [
     "SyncReport",
     "SyncStore",
     "TransportError",
+    "WebhookSignatureError",
     "__version__",
     "adapter_class",
     "connect",

@@ -11,6 +11,10 @@ Every failure the SDK raises is a :class:`CloseOppsError`:
 - :class:`DecodeError`: an answer came back but does not match the vendor's contract (not JSON,
   an HTML page, a record with a missing or mistyped field).
 - :class:`PaginationError`: a listing cannot continue without losing or repeating records.
+  :class:`IncompleteListingError` is the case where a listing ended with fewer records than
+  the provider said match.
+- :class:`MassDeletionError`: a reconciliation would delete more of a copy than allowed.
+- :class:`WebhookSignatureError`: a webhook delivery's signature does not verify.
 
 aiohttp's and asyncio's own exceptions never escape raw: they are the ``__cause__`` of a
 :class:`TransportError`.
@@ -27,13 +31,17 @@ __all__ = [
     "AuthenticationError",
     "CloseOppsError",
     "DecodeError",
+    "EndpointNotFoundError",
+    "IncompleteListingError",
     "InvalidRequestError",
+    "MassDeletionError",
     "NotFoundError",
     "PaginationError",
     "PermissionDeniedError",
     "RateLimitError",
     "ServerError",
     "TransportError",
+    "WebhookSignatureError",
     "error_class_for_status",
 ]
 
@@ -107,6 +115,14 @@ class PermissionDeniedError(APIError):
 
 class NotFoundError(APIError):
     """The record does not exist or is not visible to this key (HTTP 404)."""
+
+
+class EndpointNotFoundError(APIError):
+    """A 404 that does not mean "no such record": the route itself does not exist.
+
+    Most often the base URL is wrong (a missing ``/external/v1`` or ``/api/v1``). Not a
+    :class:`NotFoundError`, so nobody takes it to mean that a record was deleted.
+    """
 
 
 class InvalidRequestError(APIError):
@@ -190,6 +206,40 @@ class DecodeError(CloseOppsError):
 
 class PaginationError(CloseOppsError):
     """A listing cannot go on without losing or repeating records."""
+
+
+class IncompleteListingError(PaginationError):
+    """A listing ended with fewer distinct records than the provider said match.
+
+    Raised after every record found was yielded, and after the re-reads meant to find the rest.
+
+    Attributes:
+        expected: how many records the provider said match.
+        received: how many distinct records the listing yielded.
+    """
+
+    def __init__(self, message: str, *, provider: str, expected: int, received: int) -> None:
+        super().__init__(message, provider=provider)
+        self.expected = expected
+        self.received = received
+
+
+class MassDeletionError(CloseOppsError):
+    """A reconciliation would delete more of a copy than the caller allowed.
+
+    Attributes:
+        would_delete: how many known records would be deleted.
+        known: how many records were known before.
+    """
+
+    def __init__(self, message: str, *, provider: str, would_delete: int, known: int) -> None:
+        super().__init__(message, provider=provider)
+        self.would_delete = would_delete
+        self.known = known
+
+
+class WebhookSignatureError(CloseOppsError):
+    """A webhook delivery's signature is missing, wrong or outside the allowed time window."""
 
 
 _CLASS_BY_STATUS: dict[int, type[APIError]] = {
