@@ -25,7 +25,7 @@ from close_opps.adapters.getraze import GetrazeDialect
 from close_opps.adapters.reevo import ReevoDialect
 from close_opps.http import Dialect, Secret, decipher_response
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent / "sandbox" / "fixtures"
 GETRAZE_CASES = json.loads((FIXTURES / "getraze-live-responses-2.json").read_text())["cases"]
 
 

@@ -22,7 +22,7 @@ from close_opps import (
     Opportunity,
     OpportunityStatus,
 )
-from close_opps.sandbox import Fault, GetrazeOptions, Sandbox, VendorServer
+from close_opps.sandbox import Fault, Sandbox, VendorServer
 
 RECORDS = 57
 
@@ -48,15 +48,7 @@ def case(request: pytest.FixtureRequest) -> Case:
 
 @pytest.fixture
 async def server(case: Case) -> AsyncIterator[VendorServer]:
-    # The Getraze emulator orders ties afresh on every request, as the real server; until the
-    # adapter sweeps ties (issue 7) these listings run over a stable order.
-    stable = GetrazeOptions(tie_order="stable")
-    async with Sandbox(
-        seed=11,
-        records=RECORDS,
-        vendors=[case.provider],  # type: ignore[list-item]
-        getraze=stable,
-    ) as sb:
+    async with Sandbox(seed=11, records=RECORDS, vendors=[case.provider]) as sb:  # type: ignore[list-item]
         yield sb[case.provider]
 
 
