@@ -54,8 +54,9 @@ async def test_every_order_and_page_size_yields_each_record_once_or_raises() -> 
                 try:
                     got = await _list(getraze, order_by=order, page_size=page_size)
                 except IncompleteListingError as exc:
-                    assert (exc.expected, exc.provider) == (RECORDS, "getraze")
-                    assert exc.received < exc.expected
+                    incomplete = exc
+                    assert (incomplete.expected, incomplete.provider) == (RECORDS, "getraze")
+                    assert incomplete.received < incomplete.expected
                     outcomes["incomplete (raised)"] += 1
                     continue
                 finally:
@@ -102,9 +103,13 @@ async def test_one_read_of_each_page_loses_records_and_the_accounting_says_so(
         sb.getraze.share_timestamp(TIE)
         async with _adapter(sb.getraze) as getraze:
             yielded: list[Opportunity] = []
-            with pytest.raises(IncompleteListingError) as info:
+
+            async def consume() -> None:
                 async for opp in getraze.list(page_size=20):
                     yielded.append(opp)
+
+            with pytest.raises(IncompleteListingError) as info:
+                await consume()
     assert info.value.expected == RECORDS
     assert info.value.received == len(yielded) < RECORDS  # what was found was yielded first
 
