@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from close_opps import GetrazeAdapter, IncompleteListingError, Opportunity
 from close_opps.paging import Pager
 from close_opps.sandbox import GetrazeOptions, RateLimit, Sandbox, VendorServer
+from close_opps.sync import SyncError, SyncStore, sync
 
 RECORDS = 300
 TIE = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -132,3 +134,22 @@ async def test_rereads_are_logged(caplog: pytest.LogCaptureFixture) -> None:
                 got = await _list(getraze, page_size=40)
     assert len(got) == RECORDS
     assert "share a sort key across page boundaries" in caplog.text
+
+
+async def test_sync_never_moves_a_watermark_after_an_incomplete_listing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    async def no_rereads(self: Pager, *args: object) -> object:
+        return
+        yield
+
+    monkeypatch.setattr(Pager, "_reread_ties", no_rereads)
+    monkeypatch.setattr("close_opps.paging.FULL_REREADS", 0)
+    async with _sandbox(tie_seed=2) as sb, SyncStore(tmp_path / "copy.db") as store:
+        sb.getraze.share_timestamp(TIE)
+        async with _adapter(sb.getraze) as getraze:
+            with pytest.raises(SyncError) as info:
+                await sync([getraze], store, batch_size=20)
+        assert isinstance(info.value.errors["getraze"], IncompleteListingError)
+        assert await store.watermark("getraze") is None  # the next run reads it all again
+        assert 0 < await store.count("getraze") < RECORDS  # what was found is kept

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from close_opps import (
 )
 from close_opps.adapters.base import BaseAdapter, ListQuery
 from close_opps.http import Dialect, Request, Response
+from close_opps.hub import OpportunityHub
 from close_opps.paging import Pager, PageRequest, PagingPolicy, ParsedPage, _PageEdges, _Run
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -263,3 +265,38 @@ def getraze_record(i: int) -> dict[str, Any]:
 def reevo_record(i: int) -> dict[str, Any]:
     stamp = (T0 + timedelta(minutes=i)).isoformat()
     return {"id": f"r{i}", "created_at": stamp, "updated_at": stamp, "attributes": {}}
+
+
+# ------------------------------------------------------------- arguments, checked at the call
+
+RESERVED = {"close": "_skip", "getraze": "page", "reevo": "cursor"}
+
+
+@pytest.mark.parametrize("cls", [CloseAdapter, GetrazeAdapter, ReevoAdapter])
+def test_every_argument_is_checked_at_the_call(cls: type[BaseAdapter]) -> None:
+    adapter = cls("k")
+    reserved: dict[str, Any] = {RESERVED[cls.provider]: 1}
+    for listing in (adapter.list, adapter.pages):
+        with pytest.raises(ValueError, match="managed by the adapter"):
+            listing(**reserved)
+        with pytest.raises(ValueError, match="limit"):
+            listing(limit=-1)
+        with pytest.raises(ValueError, match="timezone-aware"):
+            listing(updated_since=datetime(2026, 1, 1))
+        with pytest.raises(ValueError, match="status"):
+            listing(status="pending")
+    hub = OpportunityHub([adapter])
+    with pytest.raises(ValueError, match="managed by the adapter"):
+        hub.list(**reserved)
+
+
+async def test_list_is_an_async_generator_that_aclosing_accepts() -> None:
+    adapter = MemoryAdapter(slicing([opp(i) for i in range(30)]), MemoryPaging())
+    async with contextlib.aclosing(adapter.list(page_size=10)) as items:
+        async for item in items:
+            assert item.id == "o0000"
+            break
+    async with contextlib.aclosing(adapter.pages(page_size=10)) as pages:
+        first = await anext(pages)
+    assert len(first) == 10
+    assert len(adapter.requests) <= 1 + adapter.concurrency
