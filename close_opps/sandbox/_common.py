@@ -140,21 +140,31 @@ class VendorState:
         self.base_path = base_path
         #: Close leads deleted while the sandbox runs (no record may point at them).
         self.deleted_leads: set[str] = set()
-        self.deals: list[Deal] = []
-        self.records: list[JSON] = []
+        #: id -> (deal, record as listed), in seed order then creation order. A change
+        #: replaces the value in place (O(1)); the lists below are built once per version.
+        self._rows: dict[str, tuple[Deal, JSON]] = {}
         self.details: dict[str, JSON] = {}
-        self._positions: dict[str, int] = {}
         self._cache: OrderedDict[Hashable, Any] = OrderedDict()
-        self._encoded: dict[str, str] = {}
+        #: (kind, id) -> (the record it was derived from, the derived value).
+        self._derived: dict[tuple[str, str], tuple[JSON, Any]] = {}
+        self._kinds: set[str] = set()
         for deal in deals:
             listed, detail = render(seed, deal)
-            self._positions[listed["id"]] = len(self.records)
-            self.deals.append(deal)
-            self.records.append(listed)
+            self._rows[listed["id"]] = (deal, listed)
             self.details[listed["id"]] = detail
         self._next_index = max((deal.index for deal in deals), default=-1) + 1
 
     # -- reading
+
+    @property
+    def records(self) -> list[JSON]:
+        """The records as the list endpoint serves them, in seed order (then creation order)."""
+        return self.cached("records", lambda: [listed for _deal, listed in self._rows.values()])
+
+    @property
+    def deals(self) -> list[Deal]:
+        """The deals behind :attr:`records`, in the same order."""
+        return self.cached("deals", lambda: [deal for deal, _listed in self._rows.values()])
 
     def get(self, record_id: str) -> JSON | None:
         """The record as ``get`` serves it, or ``None``."""
@@ -162,7 +172,19 @@ class VendorState:
 
     def deal(self, record_id: str) -> Deal:
         """The seeded deal behind a record id (``KeyError`` if unknown)."""
-        return self.deals[self._positions[record_id]]
+        return self._rows[record_id][0]
+
+    def derived(self, kind: str, record: JSON, compute: Callable[[JSON], T]) -> T:
+        """``compute(record)``, memoised per record as long as the record is unchanged (a
+        change replaces the record object), so a change costs O(1) recomputations."""
+        key = (kind, str(record["id"]))
+        entry = self._derived.get(key)
+        if entry is not None and entry[0] is record:
+            return cast("T", entry[1])
+        value = compute(record)
+        self._kinds.add(kind)
+        self._derived[key] = (record, value)
+        return value
 
     def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
         """``compute()``, memoised per data version (a small LRU)."""
@@ -178,15 +200,8 @@ class VendorState:
 
     def list_response(self, body: JSON, records: list[JSON]) -> web.Response:
         """``body`` as JSON with ``records`` (listed records) spliced in where ``body`` holds
-        :data:`RECORDS`; each record is serialised once per data version."""
-        encoded = self._encoded
-        parts = []
-        for record in records:
-            key = record["id"]
-            text = encoded.get(key)
-            if text is None:
-                text = encoded[key] = json.dumps(record)
-            parts.append(text)
+        :data:`RECORDS`; each record is serialised once (until it changes)."""
+        parts = [self.derived("json", record, json.dumps) for record in records]
         text = json.dumps(body).replace(_RECORDS_JSON, "[" + ", ".join(parts) + "]", 1)
         return web.Response(text=text, content_type="application/json")
 
@@ -225,7 +240,7 @@ class VendorState:
         if self.events is not None:
             path = f"{self.base_path}/opportunity/{record_id}/"
             self.events.opportunity_updated(before, after, self.events.request("PUT", path))
-        return self.records[self._positions[record_id]]
+        return self._rows[record_id][1]
 
     def touch(self, record_id: str, at: datetime) -> JSON:
         """Set the record's update time to ``at`` (aware), as an edit in the CRM would."""
@@ -254,7 +269,7 @@ class VendorState:
             changes["created_at"] = moment
         if updated:
             changes["updated_at"] = moment
-        chosen = list(self._positions) if record_ids is None else list(record_ids)
+        chosen = list(self._rows) if record_ids is None else list(record_ids)
         for record_id in chosen:
             self.replace_deal(record_id, bump=False, **changes)
         self._bump()
@@ -286,12 +301,10 @@ class VendorState:
     def add(self, deal: Deal) -> tuple[JSON, JSON]:
         """Serve a new deal (its index from :meth:`take_index`); ``(listed, detail)``."""
         listed, detail = self.render(self.seed, deal)
-        if listed["id"] in self._positions:
+        if listed["id"] in self._rows:
             raise ValueError(f"a record with id {listed['id']} exists")
         self._check_lead(listed)
-        self._positions[listed["id"]] = len(self.records)
-        self.deals.append(deal)
-        self.records.append(listed)
+        self._rows[listed["id"]] = (deal, listed)
         self.details[listed["id"]] = detail
         self._bump()
         return listed, detail
@@ -300,13 +313,11 @@ class VendorState:
         self, record_id: str, *, bump: bool = True, **changes: Any
     ) -> tuple[JSON, JSON]:
         """Evolve the deal behind ``record_id``; ``(detail before, detail after)``."""
-        position = self._positions[record_id]
-        deal = attrs.evolve(self.deals[position], **changes)
+        deal = attrs.evolve(self._rows[record_id][0], **changes)
         listed, detail = self.render(self.seed, deal)
         self._check_lead(listed)
         before = self.details[record_id]
-        self.deals[position] = deal
-        self.records[position] = listed
+        self._rows[record_id] = (deal, listed)
         self.details[record_id] = detail
         if bump:
             self._bump()
@@ -314,13 +325,10 @@ class VendorState:
 
     def drop(self, record_id: str) -> JSON:
         """Drop the record; its detail as it was."""
-        position = self._positions.pop(record_id)
-        del self.deals[position]
-        del self.records[position]
+        del self._rows[record_id]
         before = self.details.pop(record_id)
-        for key, value in self._positions.items():
-            if value > position:
-                self._positions[key] = value - 1
+        for kind in self._kinds:
+            self._derived.pop((kind, record_id), None)
         self._bump()
         return before
 
@@ -332,7 +340,6 @@ class VendorState:
     def _bump(self) -> None:
         self.version += 1
         self._cache.clear()
-        self._encoded.clear()
 
 
 #: Where each app keeps its state.

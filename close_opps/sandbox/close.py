@@ -95,31 +95,29 @@ class _Row:
     money: tuple[str, int, int, int, int]
 
 
-def _rows(state: VendorState) -> list[_Row]:
-    def compute() -> list[_Row]:
-        rows = []
-        for record in state.records:
-            won = record["date_won"]
-            rows.append(
-                _Row(
-                    record,
-                    {
-                        "date_created": parse_datetime(record["date_created"]),
-                        "date_updated": parse_datetime(record["date_updated"]),
-                        "date_won": parse_datetime(won) if won else None,
-                    },
-                    (
-                        record["value_period"],
-                        record["value"] or 0,
-                        record["expected_value"] or 0,
-                        record["annualized_value"] or 0,
-                        record["annualized_expected_value"] or 0,
-                    ),
-                )
-            )
-        return rows
+def _row(record: JSON) -> _Row:
+    won = record["date_won"]
+    return _Row(
+        record,
+        {
+            "date_created": parse_datetime(record["date_created"]),
+            "date_updated": parse_datetime(record["date_updated"]),
+            "date_won": parse_datetime(won) if won else None,
+        },
+        (
+            record["value_period"],
+            record["value"] or 0,
+            record["expected_value"] or 0,
+            record["annualized_value"] or 0,
+            record["annualized_expected_value"] or 0,
+        ),
+    )
 
-    return state.cached("rows", compute)
+
+def _rows(state: VendorState) -> list[_Row]:
+    """Every record with its parsed dates and money; a record is parsed once (until it
+    changes), so an edit costs one parse, not one per record."""
+    return state.cached("rows", lambda: [state.derived("row", r, _row) for r in state.records])
 
 
 # ----------------------------------------------------------------------------- rendering
