@@ -13,7 +13,8 @@ from typing import Any, Final, TypeVar, cast
 import attrs
 from aiohttp import web
 
-from ._data import Deal, generate_deals
+from ._data import Deal, generate_deals, new_deal
+from ._events import EventLog
 from ._faults import FAULTS, FaultInjector, FaultRenderer, fault_middleware
 from ._options import DEFAULT_RECORDS, RateLimit
 
@@ -21,15 +22,19 @@ __all__ = [
     "JSON",
     "RECORDS",
     "STATE",
+    "Clock",
     "LimitStatus",
     "VendorState",
     "WindowLimiter",
     "parse_datetime",
     "vendor_app",
+    "wall_now",
 ]
 
 JSON = dict[str, Any]
 T = TypeVar("T")
+#: A clock: the current time, aware.
+Clock = Callable[[], datetime]
 #: ``(seed, deal) -> (record as listed, record as fetched by id)``.
 Renderer = Callable[[int, Deal], tuple[JSON, JSON]]
 
@@ -91,12 +96,18 @@ class WindowLimiter:
         )
 
 
+def wall_now() -> datetime:
+    """The current time, aware UTC (the default :data:`Clock`)."""
+    return datetime.now(UTC)
+
+
 class VendorState:
     """One vendor's served data and machinery (kept in the app under :data:`STATE`).
 
-    ``records`` are the records as the list endpoint serves them, in seed order;
-    ``details`` maps an id to the record as ``get`` serves it. Tests may change the data
-    with :meth:`touch`, :meth:`update` and :meth:`remove`.
+    ``records`` are the records as the list endpoint serves them, in seed order (records
+    created later at the end); ``details`` maps an id to the record as ``get`` serves it.
+    Tests change the data with :meth:`create`, :meth:`edit`, :meth:`update`,
+    :meth:`touch` and :meth:`remove`; for Close, each change is logged in :attr:`events`.
     """
 
     def __init__(
@@ -110,6 +121,9 @@ class VendorState:
         faults: FaultInjector,
         limiter: WindowLimiter,
         options: Any,
+        clock: Clock = wall_now,
+        events: EventLog | None = None,
+        base_path: str = "",
     ) -> None:
         self.vendor = vendor
         self.api_key = api_key
@@ -119,20 +133,38 @@ class VendorState:
         self.limiter = limiter
         self.options = options
         self.version = 0
-        self.deals: list[Deal] = []
-        self.records: list[JSON] = []
+        #: The time edits are dated with (and Close's event log uses).
+        self.clock = clock
+        #: Close's event log (``None`` for vendors without one).
+        self.events = events
+        self.base_path = base_path
+        #: Close leads deleted while the sandbox runs (no record may point at them).
+        self.deleted_leads: set[str] = set()
+        #: id -> (deal, record as listed), in seed order then creation order. A change
+        #: replaces the value in place (O(1)); the lists below are built once per version.
+        self._rows: dict[str, tuple[Deal, JSON]] = {}
         self.details: dict[str, JSON] = {}
-        self._positions: dict[str, int] = {}
         self._cache: OrderedDict[Hashable, Any] = OrderedDict()
-        self._encoded: dict[str, str] = {}
+        #: (kind, id) -> (the record it was derived from, the derived value).
+        self._derived: dict[tuple[str, str], tuple[JSON, Any]] = {}
+        self._kinds: set[str] = set()
         for deal in deals:
             listed, detail = render(seed, deal)
-            self._positions[listed["id"]] = len(self.records)
-            self.deals.append(deal)
-            self.records.append(listed)
+            self._rows[listed["id"]] = (deal, listed)
             self.details[listed["id"]] = detail
+        self._next_index = max((deal.index for deal in deals), default=-1) + 1
 
     # -- reading
+
+    @property
+    def records(self) -> list[JSON]:
+        """The records as the list endpoint serves them, in seed order (then creation order)."""
+        return self.cached("records", lambda: [listed for _deal, listed in self._rows.values()])
+
+    @property
+    def deals(self) -> list[Deal]:
+        """The deals behind :attr:`records`, in the same order."""
+        return self.cached("deals", lambda: [deal for deal, _listed in self._rows.values()])
 
     def get(self, record_id: str) -> JSON | None:
         """The record as ``get`` serves it, or ``None``."""
@@ -140,7 +172,19 @@ class VendorState:
 
     def deal(self, record_id: str) -> Deal:
         """The seeded deal behind a record id (``KeyError`` if unknown)."""
-        return self.deals[self._positions[record_id]]
+        return self._rows[record_id][0]
+
+    def derived(self, kind: str, record: JSON, compute: Callable[[JSON], T]) -> T:
+        """``compute(record)``, memoised per record as long as the record is unchanged (a
+        change replaces the record object), so a change costs O(1) recomputations."""
+        key = (kind, str(record["id"]))
+        entry = self._derived.get(key)
+        if entry is not None and entry[0] is record:
+            return cast("T", entry[1])
+        value = compute(record)
+        self._kinds.add(kind)
+        self._derived[key] = (record, value)
+        return value
 
     def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
         """``compute()``, memoised per data version (a small LRU)."""
@@ -156,33 +200,47 @@ class VendorState:
 
     def list_response(self, body: JSON, records: list[JSON]) -> web.Response:
         """``body`` as JSON with ``records`` (listed records) spliced in where ``body`` holds
-        :data:`RECORDS`; each record is serialised once per data version."""
-        encoded = self._encoded
-        parts = []
-        for record in records:
-            key = record["id"]
-            text = encoded.get(key)
-            if text is None:
-                text = encoded[key] = json.dumps(record)
-            parts.append(text)
+        :data:`RECORDS`; each record is serialised once (until it changes)."""
+        parts = [self.derived("json", record, json.dumps) for record in records]
         text = json.dumps(body).replace(_RECORDS_JSON, "[" + ", ".join(parts) + "]", 1)
         return web.Response(text=text, content_type="application/json")
 
-    # -- changing
+    # -- changing (each change of a Close record lands in its event log)
+
+    def create(self, **fields: Any) -> JSON:
+        """Add a record, as a user creating it in the CRM now (:attr:`clock`).
+
+        ``fields`` are :class:`Deal` fields overriding the generated ones (its ``company``
+        is Close's lead). Returns the record as listed; its id is new.
+        """
+        if "index" in fields:
+            raise ValueError("the index of a new deal is chosen by the sandbox")
+        deal = new_deal(self.seed, self.take_index(), self.now())
+        if fields:
+            deal = attrs.evolve(deal, **fields)
+        listed, detail = self.add(deal)
+        if self.events is not None:
+            request = self.events.request("POST", f"{self.base_path}/opportunity/")
+            self.events.opportunity_created(detail, request)
+        return listed
+
+    def edit(self, record_id: str, **changes: Any) -> JSON:
+        """Change fields of a record as a user editing it in the CRM now: like
+        :meth:`update`, with the update time set to :attr:`clock`'s now unless given."""
+        changes.setdefault("updated_at", self.now())
+        return self.update(record_id, **changes)
 
     def update(self, record_id: str, **changes: Any) -> JSON:
         """Change fields of the deal behind ``record_id`` (``attrs.evolve``) and re-render it.
 
-        Returns the record as listed. The id stays the same.
+        Returns the record as listed. The id stays the same; the update time changes only
+        if ``changes`` says so (see :meth:`edit`).
         """
-        position = self._positions[record_id]
-        deal = attrs.evolve(self.deals[position], **changes)
-        listed, detail = self.render(self.seed, deal)
-        self.deals[position] = deal
-        self.records[position] = listed
-        self.details[record_id] = detail
-        self._bump()
-        return listed
+        before, after = self.replace_deal(record_id, **changes)
+        if self.events is not None:
+            path = f"{self.base_path}/opportunity/{record_id}/"
+            self.events.opportunity_updated(before, after, self.events.request("PUT", path))
+        return self._rows[record_id][1]
 
     def touch(self, record_id: str, at: datetime) -> JSON:
         """Set the record's update time to ``at`` (aware), as an edit in the CRM would."""
@@ -211,31 +269,77 @@ class VendorState:
             changes["created_at"] = moment
         if updated:
             changes["updated_at"] = moment
-        chosen = list(self._positions) if record_ids is None else list(record_ids)
+        chosen = list(self._rows) if record_ids is None else list(record_ids)
         for record_id in chosen:
-            position = self._positions[record_id]
-            deal = attrs.evolve(self.deals[position], **changes)
-            listed, detail = self.render(self.seed, deal)
-            self.deals[position] = deal
-            self.records[position] = listed
-            self.details[record_id] = detail
+            self.replace_deal(record_id, bump=False, **changes)
         self._bump()
 
     def remove(self, record_id: str) -> None:
         """Delete the record: it is no longer listed, and ``get`` answers 404."""
-        position = self._positions.pop(record_id)
-        del self.deals[position]
-        del self.records[position]
-        del self.details[record_id]
-        for key, value in self._positions.items():
-            if value > position:
-                self._positions[key] = value - 1
+        before = self.drop(record_id)
+        if self.events is not None:
+            path = f"{self.base_path}/opportunity/{record_id}/"
+            self.events.opportunity_deleted(before, self.events.request("DELETE", path))
+
+    def delete(self, record_id: str) -> None:
+        """Delete the record (the same as :meth:`remove`)."""
+        self.remove(record_id)
+
+    # -- the primitives (no event)
+
+    def now(self) -> datetime:
+        """The clock's time (aware UTC), at millisecond precision as the vendors keep it."""
+        moment = self.clock().astimezone(UTC)
+        return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+    def take_index(self) -> int:
+        """A deal index no record has had (ids derive from it)."""
+        index = self._next_index
+        self._next_index += 1
+        return index
+
+    def add(self, deal: Deal) -> tuple[JSON, JSON]:
+        """Serve a new deal (its index from :meth:`take_index`); ``(listed, detail)``."""
+        listed, detail = self.render(self.seed, deal)
+        if listed["id"] in self._rows:
+            raise ValueError(f"a record with id {listed['id']} exists")
+        self._check_lead(listed)
+        self._rows[listed["id"]] = (deal, listed)
+        self.details[listed["id"]] = detail
         self._bump()
+        return listed, detail
+
+    def replace_deal(
+        self, record_id: str, *, bump: bool = True, **changes: Any
+    ) -> tuple[JSON, JSON]:
+        """Evolve the deal behind ``record_id``; ``(detail before, detail after)``."""
+        deal = attrs.evolve(self._rows[record_id][0], **changes)
+        listed, detail = self.render(self.seed, deal)
+        self._check_lead(listed)
+        before = self.details[record_id]
+        self._rows[record_id] = (deal, listed)
+        self.details[record_id] = detail
+        if bump:
+            self._bump()
+        return before, detail
+
+    def drop(self, record_id: str) -> JSON:
+        """Drop the record; its detail as it was."""
+        del self._rows[record_id]
+        before = self.details.pop(record_id)
+        for kind in self._kinds:
+            self._derived.pop((kind, record_id), None)
+        self._bump()
+        return before
+
+    def _check_lead(self, listed: JSON) -> None:
+        lead_id = listed.get("lead_id")
+        if lead_id is not None and lead_id in self.deleted_leads:
+            raise ValueError(f"lead {lead_id} was deleted")
 
     def _bump(self) -> None:
         self.version += 1
         self._cache.clear()
-        self._encoded.clear()
 
 
 #: Where each app keeps its state.
@@ -269,17 +373,21 @@ def vendor_app(
     limiter: WindowLimiter,
     fault_renderer: FaultRenderer,
     middleware: Any,
+    events: Callable[[int, Clock], EventLog] | None = None,
+    base_path: str = "",
 ) -> web.Application:
     """What every emulator app shares: its state, faults and middlewares (routes are its own).
 
     ``options.seed`` and ``options.records``, when set, win over ``seed`` and the default
-    record count.
+    record count; ``options.clock`` (default: the wall clock) dates edits. ``events``
+    builds the vendor's event log from the seed and the clock.
     """
     seed = options.seed if options.seed is not None else seed
     count = options.records if options.records is not None else DEFAULT_RECORDS
     faults = FaultInjector(fault_renderer, config=options.faults, latency=options.latency or 0.0)
     app = web.Application(middlewares=[fault_middleware, middleware])
     app[FAULTS] = faults
+    clock: Clock = options.clock if options.clock is not None else wall_now
     app[STATE] = VendorState(
         vendor=vendor,
         api_key=options.api_key,
@@ -289,5 +397,8 @@ def vendor_app(
         faults=faults,
         limiter=limiter,
         options=options,
+        clock=clock,
+        events=events(seed, clock) if events is not None else None,
+        base_path=base_path,
     )
     return app
