@@ -30,6 +30,8 @@ from close_opps._constants import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_TIMEOUT,
 )
+from close_opps.changes import Change
+from close_opps.feed import DEFAULT_MAX_DELETION_SHARE, ChangeFeed, Clock, FeedRun, decode_cursor
 from close_opps.http import Dialect, RateLimit, Request, Response, Secret, Transport
 from close_opps.model import Opportunity, OpportunityStatus
 from close_opps.paging import Page, Pager, PagingPolicy
@@ -256,6 +258,60 @@ class BaseAdapter(abc.ABC):
         Takes the same arguments as :meth:`list` (checked at the call, before any request).
         """
         return self._limited(self.list_query(**arguments))
+
+    def changes(
+        self,
+        since: str | None = None,
+        *,
+        max_deletion_share: float = DEFAULT_MAX_DELETION_SHARE,
+        allow_mass_deletion: bool = False,
+        clock: Clock | None = None,
+    ) -> ChangeFeed:
+        """The changes since a cursor: every upsert and delete, at least once.
+
+        ``since=None`` delivers every current record as an upsert. Iterate the returned
+        :class:`~close_opps.feed.ChangeFeed` to its end, then keep its ``cursor`` for the next
+        call. A consumer that applies the changes in order (an upsert replaces, a delete
+        removes) ends with the provider's state; a change delivered twice does no harm. See
+        ``docs/changes.md`` for what each provider can tell and what a run costs.
+
+        Args:
+            since: the ``cursor`` of an earlier feed of this provider, or ``None``.
+            max_deletion_share: a reconciliation that would delete more than this share of
+                the records the cursor knows raises instead (default half).
+            allow_mass_deletion: turn that guard off (the deletions are expected).
+            clock: the current moment (default: the system clock, UTC); feeds that read a
+                change log compare it with the cursor's checkpoint.
+
+        Raises:
+            InvalidCursorError: ``since`` is not a cursor of this provider's feed (at once,
+                before any request).
+            ValueError: ``max_deletion_share`` is not between 0 and 1.
+
+        Iterating raises what ``list()`` raises, and :class:`~close_opps.MassDeletionError`
+        before any delete when the guard trips.
+        """
+        state = decode_cursor(since, provider=self.provider) if since is not None else None
+        run = FeedRun(
+            provider=self.provider,
+            since=state,
+            clock=clock,
+            max_deletion_share=max_deletion_share,
+            allow_mass_deletion=allow_mass_deletion,
+        )
+        return ChangeFeed(run, self._change_stream)
+
+    async def _change_stream(self, run: FeedRun) -> AsyncGenerator[Change, None]:
+        """The changes of one feed run (for implementations; the default reconciles).
+
+        Reconciliation lists every current record (ordered by creation, so that edits made
+        meanwhile move nothing), upserts the new and changed ones (every one on a first run)
+        and deletes the known ids no longer listed. A provider with a change log overrides
+        this, and may call ``run.reconcile`` as its fallback.
+        """
+        run.full_resync = run.since is None
+        async for change in run.reconcile(self.list(), upsert_all=run.since is None):
+            yield change
 
     async def aclose(self) -> None:
         """Release the HTTP session if the adapter created it."""
