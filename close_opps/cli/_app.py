@@ -606,3 +606,7 @@ def _announce(sandbox: "Sandbox") -> None:
         ]
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
+
+
+# The ``changes`` command lives in its own module; importing it registers it on ``app``.
+from . import _changes  # noqa: E402, F401
