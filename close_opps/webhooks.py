@@ -40,6 +40,13 @@ import attrs
 from aiohttp import web
 
 from close_opps._decoding import parse_datetime
+from close_opps.adapters._close_webhooks import (
+    DEFAULT_WEBHOOK_EVENTS,
+    CreatedWebhook,
+    WebhookEvent,
+    WebhookStatus,
+    WebhookSubscription,
+)
 from close_opps.adapters.close import close_to_opportunity
 from close_opps.changes import Change, ChangeKind
 from close_opps.errors import DecodeError, NotFoundError, WebhookSignatureError
@@ -48,15 +55,20 @@ from close_opps.model import Opportunity
 
 __all__ = [
     "DEFAULT_TOLERANCE",
+    "DEFAULT_WEBHOOK_EVENTS",
     "HASH_HEADER",
     "RECEIVER",
     "TIMESTAMP_HEADER",
     "ChangeLedger",
     "CloseDelivery",
     "CloseWebhookReceiver",
+    "CreatedWebhook",
     "EventDataMissingError",
     "ReceiverStats",
     "Verdict",
+    "WebhookEvent",
+    "WebhookStatus",
+    "WebhookSubscription",
     "close_webhook_app",
     "parse_close_delivery",
     "read_close_delivery",

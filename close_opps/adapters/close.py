@@ -20,6 +20,7 @@ import attrs
 
 from close_opps._decoding import decode, make_converter
 from close_opps._paging import fetch_in_order
+from close_opps.adapters._close_webhooks import CloseWebhooksMixin
 from close_opps.adapters.base import BaseAdapter, ListQuery, Page
 from close_opps.errors import DecodeError, InvalidRequestError, PaginationError
 from close_opps.http import Dialect, Request, Secret, path_segment
@@ -237,7 +238,7 @@ class _Window:
         return out
 
 
-class CloseAdapter(BaseAdapter):
+class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
     """Opportunities from Close.
 
     ``list()`` orders by ``date_created`` (oldest first: edits made while the listing runs
