@@ -170,6 +170,8 @@ class Attempt:
 
     subscription_id: str
     event_id: str
+    #: The event's ``date_updated`` (a consolidated event comes again with a later one).
+    event_date: str
     number: int
     at: float
     status: int | None
@@ -329,6 +331,7 @@ class WebhookDispatcher:
             Attempt(
                 subscription_id=sub.id,
                 event_id=str(delivery.event.get("id")),
+                event_date=str(delivery.event.get("date_updated")),
                 number=delivery.attempts,
                 at=now,
                 status=status,
