@@ -97,13 +97,16 @@ def _key_bytes(signature_key: str | Secret) -> bytes:
     if not isinstance(text, str):
         raise TypeError("signature_key must be a str or a close_opps.http.Secret")
     try:
-        return bytes.fromhex(text.strip())
+        key = bytes.fromhex(text.strip())
     except ValueError:
-        # ``from None``: the chained error would quote a position inside the key.
+        key = b""  # the error is raised below, outside this handler: nothing of it chains
+    if not key:
+        # An empty key would let anyone sign; a malformed one is a configuration error.
         raise ValueError(
             "signature_key must be the hex string Close returned when the subscription was "
             "created (64 hex characters)"
-        ) from None
+        )
+    return key
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -511,8 +514,8 @@ class CloseWebhookReceiver:
         max_queue: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        _key_bytes(signature_key)  # a malformed key fails now, not on the first delivery
         self._key = signature_key if isinstance(signature_key, Secret) else Secret(signature_key)
-        _key_bytes(self._key)  # a malformed key fails now, not on the first delivery
         self._on_change = on_change
         self._fetch = fetch
         self.tolerance = tolerance

@@ -122,8 +122,16 @@ async def test_a_paused_subscription_is_reported_and_can_be_resumed(
 
 @pytest.mark.parametrize(
     "fault",
-    [Fault.incomplete(), Fault.malformed("truncated_json", status=502)],
-    ids=["connection dropped after the create", "502 after the create"],
+    [
+        Fault.incomplete(),
+        Fault.malformed("truncated_json", status=502),
+        Fault.malformed("truncated_json", status=200),
+    ],
+    ids=[
+        "connection dropped after the create",
+        "502 after the create",
+        "unreadable answer to the create",
+    ],
 )
 async def test_a_create_whose_answer_is_lost_is_never_duplicated(
     close: CloseAdapter, sandbox: Sandbox, fault: Fault, caplog: pytest.LogCaptureFixture
@@ -276,3 +284,11 @@ async def test_an_ambiguous_resume_reads_back_the_status(
     assert resumed.status is WebhookStatus.ACTIVE
     puts = [r for r in sandbox.close.requests if r.method == "PUT"]
     assert len(puts) == 1  # the mocked one never reached the emulator
+
+
+async def test_a_delete_answered_without_a_body_is_done() -> None:
+    base = "http://127.0.0.1:1/api/v1"
+    async with CloseAdapter("k", base_url=base) as close:
+        with aioresponses() as mock:
+            mock.delete(f"{base}/webhook/whsub_1/", status=200, body="")
+            await close.delete_webhook("whsub_1")

@@ -210,10 +210,9 @@ def _decode_subscription(raw: Any, path: str) -> tuple[WebhookSubscription, Secr
 
 
 def _ambiguous(exc: BaseException) -> bool:
-    """Whether a failed write may have been carried out by the server anyway."""
-    return isinstance(exc, TransportError) or (
-        isinstance(exc, ServerError) and not isinstance(exc, RateLimitError)
-    )
+    """Whether a failed write may have been carried out by the server anyway: no answer, a
+    5xx, or an answer that could not be read (the record it described is lost)."""
+    return isinstance(exc, (TransportError, ServerError, DecodeError))
 
 
 class _Retry(Exception):
@@ -293,7 +292,8 @@ class CloseWebhooksMixin:
                 default: opportunity created, updated and deleted.
             verify_ssl: whether Close checks the receiver's certificate.
 
-        A create whose outcome is unknown (timeout, dropped connection, 5xx) is not simply
+        A create whose outcome is unknown (timeout, dropped connection, 5xx, an unreadable
+        answer) is not simply
         sent again: the subscriptions are listed first, and one with the same URL and events
         that was not there before the call is the one it made. If Close lists it with its
         key, that is returned; if not (the key was only in the lost response), that
@@ -317,7 +317,11 @@ class CloseWebhooksMixin:
         def on_failure(exc: Exception) -> bool | float:
             if not isinstance(exc, _Retry):
                 return False
-            decision = retry_wait(exc.cause, max_wait=self._transport.max_retry_wait)
+            decision = (
+                True
+                if isinstance(exc.cause, DecodeError)
+                else retry_wait(exc.cause, max_wait=self._transport.max_retry_wait)
+            )
             if decision is not False:
                 logger.warning("close: creating a webhook failed (%s), trying again", exc)
             return decision
@@ -349,9 +353,7 @@ class CloseWebhooksMixin:
             )
         except RateLimitError as exc:  # refused before anything was done
             raise _Retry(exc) from exc
-        except (TransportError, ServerError) as exc:
-            if not _ambiguous(exc):
-                raise
+        except (TransportError, ServerError, DecodeError) as exc:
             made = [
                 (sub, key)
                 for sub, key in await self._list_raw()
@@ -395,6 +397,8 @@ class CloseWebhooksMixin:
             try:
                 await self._send(Request(method="DELETE", path=path, idempotent=False))
                 return
+            except DecodeError:
+                return  # a 2xx whose body is not JSON (Close documents no body): deleted
             except NotFoundError:
                 if attempt:  # an earlier, ambiguous attempt did it
                     return
@@ -420,7 +424,7 @@ class CloseWebhooksMixin:
         for attempt in range(self._transport.max_retries + 1):
             try:
                 response = await self._send(request)
-            except (TransportError, ServerError) as exc:
+            except (TransportError, ServerError, DecodeError) as exc:
                 if not _ambiguous(exc) or attempt == self._transport.max_retries:
                     raise
                 current = await self.get_webhook(subscription_id)
