@@ -7,15 +7,19 @@ Time is virtual: days of retries run in no real time.
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 from aiohttp import web
 
+import close_opps.sandbox.close_webhooks as sandbox_webhooks
 from close_opps import Change, ChangeKind, CloseAdapter
 from close_opps.model import Opportunity
 from close_opps.sandbox import Sandbox
@@ -311,3 +315,48 @@ async def test_the_dispatcher_never_sends_beyond_loopback(
     hooks.publish(opportunity_event("created", record, at=datetime.now(UTC), event_id="ev_1"))
     await hooks.dispatcher.run_until_idle()
     assert all(a.status is None and "loopback" in a.note for a in hooks.dispatcher.attempts)
+
+
+def test_the_sandbox_webhooks_import_nothing_of_the_sdk() -> None:
+    """The emulator stays a stand-in for Close: it must not share code with the client."""
+    tree = ast.parse(Path(sandbox_webhooks.__file__).read_text(encoding="utf-8"))
+    absolute = [
+        node.module or ""
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 0
+    ] + [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    ]
+    assert [name for name in absolute if name.startswith("close_opps")] == []
+
+
+async def test_the_dispatcher_delivers_in_the_background_once_started(
+    close: CloseAdapter, sandbox: Sandbox
+) -> None:
+    got: list[Change] = []
+    arrived = asyncio.Event()
+    created = await close.create_webhook("http://127.0.0.1:9/placeholder")
+
+    def apply(change: Change) -> None:
+        got.append(change)
+        arrived.set()
+
+    receiver = CloseWebhookReceiver(created.signature_key, apply)
+    app = web.Application()
+    receiver.setup(app, "/close")
+    runner, url = await _serve(app)
+    hooks = _hooks(sandbox)
+    hooks.subscriptions[created.id].url = url
+    try:
+        await hooks.dispatcher.start()
+        record = sandbox.close.records[0]
+        at = datetime.now(UTC)
+        hooks.publish(opportunity_event("created", record, at=at, event_id="ev_bg"))
+        await asyncio.wait_for(arrived.wait(), 10)
+    finally:
+        await hooks.dispatcher.aclose()
+        await runner.cleanup()
+    assert [c.id for c in got] == [record["id"]]
