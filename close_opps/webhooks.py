@@ -285,7 +285,7 @@ def read_close_delivery(body: bytes | str | Mapping[str, Any]) -> CloseDelivery:
         occurred_at = parse_datetime(raw_date)
     except (TypeError, ValueError):
         raise DecodeError(
-            f"expected an ISO 8601 timestamp, got {raw_date!r}",
+            f"expected an ISO 8601 timestamp, got {raw_date!r:.60}",
             provider=PROVIDER,
             path="$.event.date_updated",
         ) from None

@@ -292,3 +292,12 @@ async def test_a_delete_answered_without_a_body_is_done() -> None:
         with aioresponses() as mock:
             mock.delete(f"{base}/webhook/whsub_1/", status=200, body="")
             await close.delete_webhook("whsub_1")
+
+
+def test_webhook_events_compare_their_filters_and_stay_hashable() -> None:
+    plain = WebhookEvent(object_type="opportunity", action="updated")
+    filtered = WebhookEvent(
+        object_type="opportunity", action="updated", extra_filter={"type": "non_null"}
+    )
+    assert plain != filtered
+    assert len({plain, filtered}) == 2

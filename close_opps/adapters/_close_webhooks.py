@@ -61,7 +61,8 @@ class WebhookEvent:
 
     object_type: str
     action: str
-    extra_filter: Mapping[str, Any] | None = attrs.field(default=None, eq=False, hash=False)
+    #: Compared, not hashed (a mapping has no hash).
+    extra_filter: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
 
     def to_json(self) -> dict[str, Any]:
         """The body form Close takes."""
@@ -293,12 +294,13 @@ class CloseWebhooksMixin:
             verify_ssl: whether Close checks the receiver's certificate.
 
         A create whose outcome is unknown (timeout, dropped connection, 5xx, an unreadable
-        answer) is not simply
-        sent again: the subscriptions are listed first, and one with the same URL and events
-        that was not there before the call is the one it made. If Close lists it with its
-        key, that is returned; if not (the key was only in the lost response), that
-        subscription is deleted before creating again, so it never delivers events nobody
-        can verify. A 429 is retried after the wait Close asks for; other errors are raised.
+        answer) is not simply sent again: the subscriptions are listed first, and one with
+        the same URL and events that was not there before the call is the one it made. If
+        Close lists it with its key, that is returned; if not (the key was only in the lost
+        response), it is deleted before creating again, so it never delivers events nobody
+        can verify. (A subscription another process creates with the same URL and events at
+        the same moment would be taken for it: create subscriptions from one place.) A 429
+        is retried after the wait Close asks for; other errors are raised.
 
         Raises:
             DecodeError: Close's answer has no ``id`` or ``signature_key``.
