@@ -384,8 +384,11 @@ class _Seen:
 
 
 def _order_key(change: Change, occurred_at: datetime) -> tuple[datetime, int, datetime]:
-    record_time = change.opportunity.updated_at if change.opportunity else occurred_at
-    return (occurred_at, int(change.kind is ChangeKind.DELETE), record_time)
+    # A change may know better than its event when its state dates from (a record fetched
+    # because the event had no data is the state at fetch time).
+    when = max(occurred_at, change.occurred_at) if change.occurred_at else occurred_at
+    record_time = change.opportunity.updated_at if change.opportunity else when
+    return (when, int(change.kind is ChangeKind.DELETE), record_time)
 
 
 class ChangeLedger:
@@ -676,7 +679,9 @@ class CloseWebhookReceiver:
             opportunity = await self._fetch(delivery.object_id)
         except NotFoundError:
             return (Change.delete(PROVIDER, delivery.object_id, occurred_at=delivery.occurred_at),)
-        return (Change.upsert(opportunity, occurred_at=delivery.occurred_at),)
+        # The record is as it is now, which may be later than the event.
+        as_of = max(delivery.occurred_at, opportunity.updated_at)
+        return (Change.upsert(opportunity, occurred_at=as_of),)
 
 
 #: Where :func:`close_webhook_app` keeps its :class:`CloseWebhookReceiver`.

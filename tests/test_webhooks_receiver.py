@@ -342,3 +342,24 @@ async def test_a_receiver_that_was_not_started_fails_loudly() -> None:
         body = _body(CREATED)
         response = await test_client.post("/", data=body, headers=_headers(body))
         assert response.status == 500
+
+
+async def test_a_fetched_record_is_not_undone_by_an_older_event_arriving_later(
+    store: Store,
+) -> None:
+    async def fetch(opportunity_id: str) -> Opportunity:
+        return close_to_opportunity(UPDATED["data"])  # the current state: won, 05:20:42
+
+    app = close_webhook_app(KEY, store.apply, fetch=fetch)
+    async with TestClient(TestServer(app)) as test_client:
+        early = {**_without_data(UPDATED), "id": "ev_early"}
+        early["date_updated"] = early["date_created"] = "2024-06-14T05:15:00.000000"
+        # An older state (05:18, active) arrives after the fetch: newer than the event that
+        # caused the fetch, older than the record fetched.
+        middle = {**CREATED, "id": "ev_middle", "date_updated": "2024-06-14T05:18:00.000000"}
+        for event in (early, middle):
+            body = _body(event)
+            await test_client.post("/", data=body, headers=_headers(body))
+        await test_client.app[RECEIVER].drain()
+    assert store.records[OPP_ID].status_label == "Won"
+    assert len(store.seen) == 1
