@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    VERSION = version("close-opps")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    VERSION = "0+unknown"
+from close_opps._version import __version__ as VERSION
 
 USER_AGENT = f"close-opps/{VERSION}"
 
