@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from close_opps._version import __version__ as VERSION
+from close_opps._version import __version__
+
+VERSION = __version__
 
 USER_AGENT = f"close-opps/{VERSION}"
 
