@@ -20,6 +20,7 @@ import attrs
 
 from close_opps._decoding import decode, make_converter
 from close_opps._tasks import fetch_in_order
+from close_opps.adapters._close_webhooks import CloseWebhooksMixin
 from close_opps.adapters.base import BaseAdapter, ListQuery
 from close_opps.changes import Change, ChangeKind
 from close_opps.errors import (
@@ -479,7 +480,7 @@ def latest_changes(events: Iterable[CloseEvent]) -> dict[str, tuple[ChangeKind, 
     return dict(sorted(latest.items(), key=lambda item: item[1][1]))
 
 
-class CloseAdapter(BaseAdapter):
+class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
     """Opportunities from Close.
 
     ``list()`` orders by ``date_created`` (oldest first: edits made while the listing runs

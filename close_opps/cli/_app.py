@@ -40,6 +40,7 @@ from ._runtime import (
     run,
     usage_error,
 )
+from ._webhooks import webhooks_app
 
 if TYPE_CHECKING:
     from close_opps.sandbox import Sandbox
@@ -66,6 +67,7 @@ sandbox_app = typer.Typer(
     invoke_without_command=True,
 )
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 # ---------------------------------------------------------------------------- options

@@ -34,6 +34,7 @@ from ._data import Company, Deal, close_id, companies, format_close_money, rende
 from ._events import EventLog, EventQuery, InvalidEventQuery
 from ._faults import Fault, format_seconds, gateway_page
 from ._options import CloseOptions
+from .close_webhooks import install_webhooks
 
 __all__ = ["BASE_PATH", "delete_lead", "lead_record", "make_app", "merge_leads"]
 
@@ -580,4 +581,5 @@ def make_app(options: CloseOptions | None = None, *, seed: int = 0) -> web.Appli
         app.router.add_get(path, _list)
     for path in (f"{BASE_PATH}/opportunity/{{id}}/", f"{BASE_PATH}/opportunity/{{id}}"):
         app.router.add_get(path, _get)
+    install_webhooks(app, BASE_PATH, seed=app[STATE].seed)
     return app
