@@ -93,11 +93,15 @@ class FeedState:
             event log), or ``None``.
         known: the ids of the records the copy holds after the run, each with the
             fingerprint of its record (``None`` when the feed does not keep one).
+        resume_after: set in the cursor of a first run that was interrupted
+            (:meth:`ChangeFeed.checkpoint`): the creation time it had reached; the next run
+            goes on from there (inclusive) instead of starting again.
     """
 
     provider: str
     checkpoint: datetime | None = None
     known: Mapping[str, int | None] = attrs.field(factory=dict)
+    resume_after: datetime | None = None
 
 
 def encode_cursor(state: FeedState) -> str:
@@ -110,6 +114,7 @@ def encode_cursor(state: FeedState) -> str:
         "v": CURSOR_VERSION,
         "p": state.provider,
         "t": state.checkpoint.astimezone(UTC).isoformat() if state.checkpoint else None,
+        "r": state.resume_after.astimezone(UTC).isoformat() if state.resume_after else None,
         "n": len(ids),
         "f": with_fps,
         "k": "uuid" if packed_uuids else "text",
@@ -164,8 +169,10 @@ def decode_cursor(cursor: str, *, provider: str) -> FeedState:
     try:
         count = int(header["n"])
         checkpoint = datetime.fromisoformat(header["t"]) if header.get("t") else None
-        if checkpoint is not None and checkpoint.utcoffset() is None:
-            raise ValueError("naive checkpoint")
+        resume_after = datetime.fromisoformat(header["r"]) if header.get("r") else None
+        for moment in (checkpoint, resume_after):
+            if moment is not None and moment.utcoffset() is None:
+                raise ValueError("naive moment")
         fps: list[int | None] = [None] * count
         if header.get("f"):
             fps = [int.from_bytes(rest[4 * i : 4 * i + 4], "big") for i in range(count)]
@@ -183,7 +190,10 @@ def decode_cursor(cursor: str, *, provider: str) -> FeedState:
     except (KeyError, TypeError, ValueError):
         raise bad("damaged content") from None
     return FeedState(
-        provider=provider, checkpoint=checkpoint, known=dict(zip(ids, fps, strict=True))
+        provider=provider,
+        checkpoint=checkpoint,
+        known=dict(zip(ids, fps, strict=True)),
+        resume_after=resume_after,
     )
 
 
@@ -244,6 +254,33 @@ class FeedRun:
         self.full_resync = False
         self.checkpoint: datetime | None = None
         self.known: dict[str, int | None] | None = None
+        #: During a resumable first run: what has been delivered so far, and the creation
+        #: time reached (``None`` when the run cannot be resumed).
+        self._delivered: dict[str, int | None] = {}
+        self._position: datetime | None = None
+        self._resumable = False
+
+    @property
+    def resuming(self) -> bool:
+        """Whether the cursor is that of an interrupted first run, to be continued."""
+        return self.since is not None and self.since.resume_after is not None
+
+    @property
+    def first_run(self) -> bool:
+        """Whether this run delivers every current record: no cursor, or an interrupted
+        first run's."""
+        return self.since is None or self.resuming
+
+    def partial_state(self) -> FeedState | None:
+        """The state to resume a first run from, once every change so far is applied."""
+        if not self._resumable or self._position is None or self.known is not None:
+            return None
+        return FeedState(
+            provider=self.provider,
+            checkpoint=self.checkpoint,
+            known=dict(self._delivered),
+            resume_after=self._position,
+        )
 
     def now(self) -> datetime:
         """The clock's moment, checked to be timezone-aware."""
@@ -257,6 +294,36 @@ class FeedRun:
         if self.known is None:
             raise RuntimeError("the change feed has not run to its end")
         return FeedState(provider=self.provider, checkpoint=self.checkpoint, known=self.known)
+
+    async def initial(
+        self,
+        list_from: Callable[[datetime | None], AsyncIterator[Opportunity]],
+        *,
+        fingerprints: bool = True,
+    ) -> AsyncGenerator[Change, None]:
+        """A first run, or the continuation of an interrupted one: every current record as
+        an upsert, no delete.
+
+        ``list_from(after)`` lists the current records oldest created first, from the
+        creation time ``after`` (inclusive; ``None``: from the start). As long as they come
+        in that order, :meth:`partial_state` can resume the run from the last creation time
+        delivered. Sets :attr:`full_resync` and, at the end, :attr:`known`.
+        """
+        self.full_resync = True
+        after = self.since.resume_after if self.since is not None else None
+        self._delivered = dict(self.since.known) if after is not None and self.since else {}
+        self._position = after
+        self._resumable = True
+        async for record in list_from(after):
+            if after is not None and record.created_at < after:
+                continue  # a provider that filters loosely: delivered before
+            if self._position is not None and record.created_at < self._position:
+                self._resumable = False  # out of creation order: cannot resume safely
+            elif self._resumable:
+                self._position = record.created_at
+            self._delivered[record.id] = fingerprint(record) if fingerprints else None
+            yield Change.upsert(record, occurred_at=record.updated_at)
+        self.known = self._delivered
 
     async def reconcile(
         self,
@@ -353,6 +420,21 @@ class ChangeFeed:
         except BaseException:
             self._finished = True
             raise
+
+    def checkpoint(self) -> str | None:
+        """A cursor that resumes this first run where it is, or ``None``.
+
+        During a first run (``since=None``, or the cursor of an interrupted one), once every
+        change yielded so far has been applied, this cursor continues the run from the
+        creation time reached (records created at that instant are delivered again) rather
+        than from the start: store it after each batch you commit. ``None`` for other runs
+        (they restart from their own cursor), before the first change, and if the provider
+        did not list in creation order. After the end, :attr:`cursor`.
+        """
+        if self.cursor is not None:
+            return self.cursor
+        state = self._run.partial_state()
+        return encode_cursor(state) if state is not None else None
 
     async def aclose(self) -> None:
         """Stop the feed (no cursor is set)."""

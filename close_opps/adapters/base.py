@@ -174,6 +174,8 @@ class BaseAdapter(abc.ABC):
     dialect_class: ClassVar[type[Dialect]]
     #: The largest page the provider serves, when known up front.
     max_page_size: ClassVar[int | None] = None
+    #: The ``order_by`` that lists oldest created first (``None``: the default order does).
+    creation_order: ClassVar[str | None] = None
     #: Filter names the adapter sets itself (refused in ``**filters``).
     reserved_filters: ClassVar[frozenset[str]] = frozenset()
 
@@ -303,9 +305,16 @@ class BaseAdapter(abc.ABC):
         and deletes the known ids no longer listed. A provider with a change log overrides
         this, and may call ``run.reconcile`` as its fallback.
         """
-        run.full_resync = run.since is None
-        async for change in run.reconcile(self.list(), upsert_all=run.since is None):
+        if run.first_run:
+            async for change in run.initial(self._created_from):
+                yield change
+            return
+        async for change in run.reconcile(self.list(), upsert_all=False):
             yield change
+
+    def _created_from(self, after: datetime | None) -> AsyncGenerator[Opportunity, None]:
+        """Every current record, oldest created first, from ``after`` (inclusive)."""
+        return self.list(created_since=after, order_by=self.creation_order)
 
     async def aclose(self) -> None:
         """Release the HTTP session if the adapter created it."""

@@ -532,8 +532,10 @@ class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
         """
         now = run.now()
         since = run.since
-        if since is None:
-            async for change in self._full_reconciliation(run, now):
+        if since is None or run.resuming:
+            # Events from the first attempt's start on are read by the next run.
+            run.checkpoint = since.checkpoint if since is not None else now
+            async for change in run.initial(self._created_from, fingerprints=False):
                 yield change
             return
         if since.checkpoint is None or now - since.checkpoint > EVENT_LOG_RETENTION - EVENT_RESCAN:
@@ -577,9 +579,9 @@ class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
         self, run: FeedRun, now: datetime
     ) -> AsyncGenerator[Change, None]:
         run.full_resync = True
+        run.checkpoint = now
         async for change in run.reconcile(self.list(), upsert_all=True, fingerprints=False):
             yield change
-        run.checkpoint = now
 
     async def _read_events(self, date_from: datetime) -> list[CloseEvent]:
         """Every opportunity event updated at or after ``date_from``, in three queries
