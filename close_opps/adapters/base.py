@@ -433,7 +433,21 @@ class BaseAdapter(abc.ABC):
             **filters: any other filter of the provider's list endpoint, by its own name.
 
         Raises:
-            ValueError: an argument is invalid (a naive datetime, an unknown status).
+            ValueError: an argument is invalid (a naive datetime, an unknown status); raised
+                at once, before any request.
+
+            While iterating (each a :class:`~close_opps.CloseOppsError`):
+
+            AuthenticationError: the key is missing, invalid or expired (401).
+            PermissionDeniedError: the key may not read opportunities (403).
+            InvalidRequestError: the provider refused a filter or parameter (400, 422).
+            RateLimitError: still throttled after the retries, or the server asked for a
+                wait longer than ``max_retry_wait``.
+            ServerError: the provider kept failing (5xx) after the retries.
+            TransportError: no usable answer after the retries (connection refused or
+                dropped); :class:`~close_opps.APITimeoutError` for a timeout.
+            DecodeError: a page or record does not match the vendor's contract.
+            PaginationError: the listing cannot go on without losing or repeating records.
         """
         return self._items(
             self._list_query(

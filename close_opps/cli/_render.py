@@ -12,13 +12,10 @@ import io
 import json
 import os
 import sys
-import types
-import typing
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import cache
 from typing import Any, Protocol
 
 import attrs
@@ -28,7 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from close_opps.model import Money, Opportunity, OpportunityStatus, Ref
-from close_opps.serialize import FIELDS, opportunity_to_dict, opportunity_to_json
+from close_opps.serialize import FlatColumn, flat_columns, jsonable, opportunity_to_json
+from close_opps.serialize import flatten as serialize_flatten
 
 __all__ = [
     "Column",
@@ -82,54 +80,17 @@ def stdout_console() -> Console:
 
 # ------------------------------------------------------------------------- flattened columns
 
-
-@attrs.frozen
-class Column:
-    """One flat column: ``field`` of the record, and ``part`` of it when the field is nested."""
-
-    name: str
-    field: str
-    part: str | None = None
+#: One CSV column (the record's flat columns, :func:`close_opps.serialize.flat_columns`).
+Column = FlatColumn
 
 
-def _plain_type(hint: Any) -> Any:
-    """``hint`` without ``| None``."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return hint
-
-
-@cache
-def csv_columns() -> tuple[Column, ...]:
-    """The CSV columns, derived from :data:`close_opps.serialize.FIELDS`.
-
-    A nested record (``Ref``, ``Contact``) becomes one column per attribute
-    (``owner_id``, ``owner_name``, ``contact_email``); ``Money`` becomes ``amount`` and
-    ``currency``; mappings (``custom_fields``) one JSON column; ``raw`` is left out.
-    """
-    hints = typing.get_type_hints(Opportunity)
-    columns: list[Column] = []
-    for name in FIELDS:
-        if name == "raw":
-            continue
-        kind = _plain_type(hints.get(name, Any))
-        if isinstance(kind, type) and attrs.has(kind):
-            for part in attrs.fields(kind):
-                label = part.name if kind is Money else f"{name}_{part.name}"
-                columns.append(Column(label, name, part.name))
-        else:
-            columns.append(Column(name, name))
-    names = [c.name for c in columns]
-    if len(set(names)) != len(names):  # pragma: no cover - a future field clashing
-        columns = [
-            Column(f"{c.field}_{c.part}" if c.part else c.name, c.field, c.part) for c in columns
-        ]
-    return tuple(columns)
+def csv_columns() -> tuple[FlatColumn, ...]:
+    """The CSV columns: :func:`close_opps.serialize.flat_columns`, the SQLite store's too."""
+    return flat_columns()
 
 
 def _cell(value: Any) -> str:
+    value = jsonable(value)
     if value is None:
         return ""
     if isinstance(value, Mapping):
@@ -143,14 +104,7 @@ def _cell(value: Any) -> str:
 
 def flatten(opportunity: Opportunity) -> dict[str, str]:
     """The record as ``{column: text}``, in :func:`csv_columns` order (``""`` for none)."""
-    data = opportunity_to_dict(opportunity, raw=False)
-    row: dict[str, str] = {}
-    for column in csv_columns():
-        value = data.get(column.field)
-        if column.part is not None:
-            value = value.get(column.part) if isinstance(value, Mapping) else None
-        row[column.name] = _cell(value)
-    return row
+    return {name: _cell(value) for name, value in serialize_flatten(opportunity).items()}
 
 
 # --------------------------------------------------------------------------- list's writers
