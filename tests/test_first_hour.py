@@ -22,7 +22,7 @@ from close_opps.sandbox import Fault, Sandbox
 from close_opps.serialize import flat_columns
 from close_opps.sync import SyncStore, sync
 
-from .test_cli import CLEAN_ENV, assert_one_error_line, invoke
+from .test_cli import assert_one_error_line, invoke
 
 ADAPTERS: list[type[BaseAdapter]] = [CloseAdapter, GetrazeAdapter, ReevoAdapter]
 
@@ -236,7 +236,7 @@ def test_the_key_comes_from_the_environment(
 
 def test_sync_syncs_the_providers_with_keys_and_names_the_others(tmp_path: Path) -> None:
     with _served_close() as env:
-        result = invoke(["sync", "--db", str(tmp_path / "x.db")], env={**CLEAN_ENV, **env})
+        result = invoke(["sync", "--db", str(tmp_path / "x.db")], env=env)
     assert result.exit_code == 0, result.stderr
     assert "close" in result.stdout
     assert "left out (no API key): getraze (set GETRAZE_API_KEY), reevo (set REEVO_API_KEY)" in (
@@ -334,3 +334,23 @@ def test_a_version_1_database_gains_the_new_columns(tmp_path: Path) -> None:
     assert row is not None
     assert row["contact_phone"] == "+1 555"
     assert row["custom_fields"] == '{"a":1}'
+
+
+# ------------------------------------------------------ the sandbox's data is recent
+
+
+def test_the_sandbox_data_is_dated_relative_to_today() -> None:
+    from datetime import UTC, date, datetime, timedelta
+
+    from close_opps.sandbox import generate_deals
+
+    today = date(2030, 3, 15)
+    deals = generate_deals(0, 60, today=today)
+    assert deals == generate_deals(0, 60, today=today)  # deterministic for seed and today
+    start = datetime(2030, 3, 8, tzinfo=UTC)
+    recent = [d for d in deals if d.updated_at >= start]
+    assert len(recent) >= 5
+    assert all(d.updated_at < datetime(2030, 3, 15, tzinfo=UTC) for d in deals)
+    current = generate_deals(0, 60)
+    week_ago = datetime.now(UTC) - timedelta(days=7)
+    assert [d for d in current if d.updated_at >= week_ago]

@@ -253,7 +253,7 @@ def vendor_app(
         vendor=vendor,
         api_key=options.api_key,
         seed=seed,
-        deals=generate_deals(seed, count),
+        deals=generate_deals(seed, count, today=options.today),
         render=render,
         faults=faults,
         limiter=limiter,

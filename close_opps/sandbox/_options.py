@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Literal
 
 import attrs
@@ -61,6 +62,7 @@ class CloseOptions:
     latency: Latency | None = None
     faults: FaultConfig | None = None
     seed: int | None = None
+    today: date | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -89,6 +91,7 @@ class GetrazeOptions:
     latency: Latency | None = None
     faults: FaultConfig | None = None
     seed: int | None = None
+    today: date | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -108,3 +111,4 @@ class ReevoOptions:
     latency: Latency | None = None
     faults: FaultConfig | None = None
     seed: int | None = None
+    today: date | None = None
