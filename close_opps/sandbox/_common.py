@@ -6,7 +6,7 @@ import json
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
 
@@ -189,6 +189,37 @@ class VendorState:
         if at.tzinfo is None:
             raise ValueError("at must be timezone-aware")
         return self.update(record_id, updated_at=at.astimezone(UTC))
+
+    def share_timestamp(
+        self,
+        at: datetime,
+        record_ids: Iterable[str] | None = None,
+        *,
+        created: bool = True,
+        updated: bool = True,
+    ) -> None:
+        """Seed ties: give the records (default: all) one creation and/or update time ``at``.
+
+        Data seeding, not an edit: nothing is logged (Close's event log included). Real
+        accounts have such ties (a data migration gives every record one ``updated_at``).
+        """
+        if at.tzinfo is None:
+            raise ValueError("at must be timezone-aware")
+        moment = at.astimezone(UTC)
+        changes: dict[str, Any] = {}
+        if created:
+            changes["created_at"] = moment
+        if updated:
+            changes["updated_at"] = moment
+        chosen = list(self._positions) if record_ids is None else list(record_ids)
+        for record_id in chosen:
+            position = self._positions[record_id]
+            deal = attrs.evolve(self.deals[position], **changes)
+            listed, detail = self.render(self.seed, deal)
+            self.deals[position] = deal
+            self.records[position] = listed
+            self.details[record_id] = detail
+        self._bump()
 
     def remove(self, record_id: str) -> None:
         """Delete the record: it is no longer listed, and ``get`` answers 404."""

@@ -782,6 +782,7 @@ def render_getraze_detail(seed: int, deal: Deal) -> JSON:
         "linkedin_profile_id": None,
         "provider_id": None,
         "sector_id": None,
+        "lead_source_id": None,
         "contact_name": people["contact_name"],
         "contact_email": people["contact_email"],
         "contact_phone": people["contact_phone"],

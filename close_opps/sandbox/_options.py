@@ -85,9 +85,11 @@ class GetrazeOptions:
     record_form: Literal["live", "documented"] = "live"
     default_limit: int = attrs.field(default=50, validator=_positive)
     max_limit: int = attrs.field(default=100, validator=_positive)
-    over_max_limit: Literal["error", "clamp"] = "error"
+    over_max_limit: Literal["error", "clamp"] = "clamp"
     rate_limit: RateLimitPolicy | None = RateLimitPolicy(limit=10_000, window=3600.0)
     permissions: tuple[str, ...] = ("opportunities:read",)
+    tie_order: Literal["shuffled", "stable"] = "shuffled"
+    tie_seed: int | None = None
     latency: Latency | None = None
     faults: FaultConfig | None = None
     seed: int | None = None

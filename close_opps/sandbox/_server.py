@@ -111,6 +111,21 @@ class VendorServer:
         """Delete a record."""
         self.state.remove(record_id)
 
+    def share_timestamp(
+        self,
+        at: datetime,
+        record_ids: Iterable[str] | None = None,
+        *,
+        created: bool = True,
+        updated: bool = True,
+    ) -> None:
+        """Seed ties: one creation and/or update time ``at`` for the records (default: all).
+
+        Data seeding, not an edit (nothing is logged). With Getraze's default
+        ``tie_order="shuffled"``, a listing over such records behaves as the real server's.
+        """
+        self.state.share_timestamp(at, record_ids, created=created, updated=updated)
+
     # -- faults and counters
 
     @property
