@@ -17,9 +17,7 @@ import stamina
 from close_opps import CloseAdapter, DecodeError, GetrazeAdapter, Opportunity, ReevoAdapter
 from close_opps._constants import USER_AGENT
 from close_opps.adapters.base import BaseAdapter
-from close_opps.model import FrozenDict, FrozenList
 from close_opps.sandbox import Fault, Sandbox
-from close_opps.serialize import flat_columns
 from close_opps.sync import SyncStore, sync
 
 from .test_cli import assert_one_error_line, invoke
@@ -71,6 +69,8 @@ async def test_records_pickle_and_deep_copy(sandbox: Sandbox) -> None:
 
 def test_nested_values_are_read_only() -> None:
     from datetime import UTC, datetime
+
+    from close_opps.model import FrozenDict, FrozenList
 
     moment = datetime(2025, 1, 1, tzinfo=UTC)
     opp = Opportunity(
@@ -292,6 +292,8 @@ def test_list_documents_the_errors_iterating_raises() -> None:
 
 
 async def test_sqlite_and_csv_share_the_flat_columns(tmp_path: Path, sandbox: Sandbox) -> None:
+    from close_opps.serialize import flat_columns
+
     async with (
         SyncStore(tmp_path / "o.db") as store,
         CloseAdapter(sandbox.close.api_key, base_url=sandbox.close.base_url) as close,
