@@ -356,3 +356,44 @@ def test_the_sandbox_data_is_dated_relative_to_today() -> None:
     current = generate_deals(0, 60)
     week_ago = datetime.now(UTC) - timedelta(days=7)
     assert [d for d in current if d.updated_at >= week_ago]
+
+
+# ------------------------------------------------------------------ 8: the table
+
+
+def _table_lines(width: int, *extra: str) -> list[str]:
+    result = invoke(
+        ["list", "close", "--sandbox", "--format", "table", "--limit", "5", *extra],
+        env={"COLUMNS": str(width)},
+    )
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_amount_and_status_survive_at_80_columns() -> None:
+    lines = _table_lines(80)
+    header = next(line for line in lines if line.strip().startswith("id"))
+    assert "status" in header
+    assert "amount" in header
+    assert all(len(line) <= 80 for line in lines)
+
+
+def test_ids_are_never_cut() -> None:
+    served = invoke(["list", "close", "--sandbox", "--format", "jsonl", "--limit", "5"])
+    ids = [line.split('"id": "')[1].split('"')[0] for line in served.stdout.splitlines()]
+    for width in (60, 80):
+        text = "\n".join(_table_lines(width))
+        assert all(record_id in text for record_id in ids), (width, text)
+        assert "…" not in text.split("\n", 3)[-1].split()[0]
+
+
+def test_a_large_table_is_capped_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from close_opps.cli import _render
+
+    monkeypatch.setattr(_render, "TABLE_MAX_ROWS", 7)
+    result = invoke(["list", "close", "--sandbox", "--format", "table"])
+    assert result.exit_code == 0, result.stderr
+    assert "the first 7 opportunities; there are more" in result.stdout
+    assert "--format jsonl" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.strip().startswith("oppo_")]
+    assert len(rows) == 7

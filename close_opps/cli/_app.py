@@ -352,13 +352,16 @@ async def _list(
     async with open_adapters([target], sandbox=sandbox, connection=connection) as found:
         adapter = found[target.provider]
         writer = render.make_writer(fmt, raw=raw)
+        fetch = limit
+        if fmt is render.OutputFormat.TABLE and (limit is None or limit > render.TABLE_MAX_ROWS):
+            fetch = render.TABLE_MAX_ROWS + 1  # one more tells the table there are more
         with progress() as bar:
-            task = bar.add_task(f"{target.provider}: listing", total=limit)
-            pages = adapter.pages(updated_since=since, status=statuses, limit=limit)
+            task = bar.add_task(f"{target.provider}: listing", total=fetch)
+            pages = adapter.pages(updated_since=since, status=statuses, limit=fetch)
             async with aclosing(pages):
                 async for page in pages:
                     if page.total is not None:
-                        total = page.total if limit is None else min(page.total, limit)
+                        total = page.total if fetch is None else min(page.total, fetch)
                         bar.update(task, total=total)
                     for opp in page.items:
                         writer.write(opp)
