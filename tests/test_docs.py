@@ -25,6 +25,7 @@ import ast
 import asyncio
 import contextlib
 import inspect
+import io
 import json
 import os
 import re
@@ -146,8 +147,11 @@ def _python(block: Block, sandbox: Sandbox, tmp_path: Path) -> None:
         return
     compiled = compile(code, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     if "asyncio.run(" in code:  # a whole program
-        with contextlib.suppress(SystemExit):
+        printed = io.StringIO()
+        with contextlib.suppress(SystemExit), contextlib.redirect_stdout(printed):
             exec(compiled, {"__name__": "__main__"})  # noqa: S102 - our own docs
+        if "days=7" in code:  # "the last 7 days" must find the sandbox's recent records
+            assert printed.getvalue().strip(), "the example printed nothing"
         return
 
     async def fragment() -> None:
@@ -236,3 +240,11 @@ def test_the_readme_starts_with_the_two_commands_that_work() -> None:
         "&& python -m pytest",
     ]
     assert "pip install close-opps" not in readme
+
+
+def test_install_lines_work_without_a_release() -> None:
+    """Until close-opps is on PyPI, no page and no message says ``pip install close-opps``."""
+    texts = [page.read_text(encoding="utf-8") for page in PAGES]
+    texts += [path.read_text(encoding="utf-8") for path in (ROOT / "close_opps").rglob("*.py")]
+    pattern = re.compile(r"pip install ['\"]?close-opps")
+    assert not [text for text in texts if pattern.search(text)]
