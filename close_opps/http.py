@@ -16,7 +16,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar, Final
@@ -36,6 +36,7 @@ from close_opps._constants import (
     DEFAULT_MAX_RETRY_WAIT,
     DEFAULT_TIMEOUT,
     MAX_REDIRECTS,
+    MIN_SERVER_WAIT,
     OFFLOAD_BYTES,
     RETRYABLE_STATUSES,
     USER_AGENT,
@@ -367,12 +368,17 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     return _relative(_number(_first(headers, "X-Rate-Limit-Reset")), now)
 
 
-def retry_wait(exc: BaseException, *, max_wait: float) -> bool | float:
+def retry_wait(
+    exc: BaseException, *, max_wait: float, jitter: Callable[[], float] = random.random
+) -> bool | float:
     """The retry policy for a failed read, as a stamina backoff hook.
 
     ``False``: do not retry. ``True``: retry after exponential backoff with jitter. A number:
-    retry after exactly that many seconds, as the server asked. A server wait above
-    ``max_wait`` is not slept: the error is raised at once.
+    retry after that many seconds, as the server asked. A server wait above ``max_wait`` is
+    not slept: the error is raised at once. A server wait below one second is raised to one
+    second plus up to half a second of jitter (``jitter()`` gives a number in [0, 1)): a
+    wait that ends just before the server's window turns would meet another 429, and
+    clients told "0" must not come back all at once.
     """
     if isinstance(exc, TransportError):
         return True
@@ -381,6 +387,8 @@ def retry_wait(exc: BaseException, *, max_wait: float) -> bool | float:
             return True
         if exc.retry_after > max_wait:
             return False
+        if exc.retry_after < MIN_SERVER_WAIT:
+            return MIN_SERVER_WAIT + jitter() * MIN_SERVER_WAIT / 2
         return exc.retry_after
     return False
 

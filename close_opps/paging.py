@@ -241,6 +241,8 @@ class Pager:
         self._unaccounted = 0
         self._expected: int | None = None
         self._carried = 0
+        self._window_total: int | None = None
+        self._total_changed = False
 
     # ------------------------------------------------------------------------------ driving
 
@@ -253,6 +255,8 @@ class Pager:
             self._expected = None
             self._unaccounted = 0
             self._carried = 0
+            self._window_total = None
+            self._total_changed = False
             run = self._offset_pass() if self._policy.random_access else self._cursor_pass()
             async with aclosing(run) as pages:
                 async for page in pages:
@@ -266,17 +270,26 @@ class Pager:
                 self._raise_if_missing(self._unaccounted)
                 return
             missing = self._missing()
-            if missing <= 0 or passes >= FULL_REREADS:
+            if (missing <= 0 and not self._total_changed) or passes >= FULL_REREADS:
                 self._raise_if_missing(missing)
                 return
             passes += 1
-            logger.warning(
-                "%s: the listing found %d records of the %d the server said match; reading it "
-                "again to find the rest",
-                self._provider,
-                len(self._seen),
-                self._expected,
-            )
+            if missing > 0:
+                logger.warning(
+                    "%s: the listing found %d records of the %d the server said match; "
+                    "reading it again to find the rest",
+                    self._provider,
+                    len(self._seen),
+                    self._expected,
+                )
+            else:
+                # Records were deleted or created meanwhile: offset pages may have shifted
+                # past a record. One more pass finds it (only new records are yielded).
+                logger.info(
+                    "%s: the server's total changed during the listing; reading it again so "
+                    "that no record shifted between pages is missed",
+                    self._provider,
+                )
 
     @property
     def _ended(self) -> bool:
@@ -311,6 +324,7 @@ class Pager:
         bound: Any = None
         while True:
             window_start = len(self._seen)
+            self._window_total = None
             edges: list[_PageEdges] = []
             size = self._adapter._check_page_size(self._query.page_size)
             if self._remaining is not None and not self._policy.filters_locally:
@@ -532,6 +546,9 @@ class Pager:
             self._note_progress(fresh, len(parsed.records), parsed)
             if parsed.total is not None:
                 self._expected = self._carried + parsed.total
+                if self._window_total is not None and parsed.total != self._window_total:
+                    self._total_changed = True
+                self._window_total = parsed.total
         if self._remaining is not None:
             items = items[: self._remaining]
             self._remaining -= len(items)

@@ -33,6 +33,7 @@ import shlex
 import subprocess
 import sys
 import tomllib
+import types
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,7 +131,9 @@ def _real_ids(text: str, sandbox: Sandbox) -> str:
     return text
 
 
-def _python(block: Block, sandbox: Sandbox, tmp_path: Path) -> None:
+def _python(
+    block: Block, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     code = _real_ids(block.code, sandbox).replace('api_key="..."', f'api_key="{KEY}"')
     if re.search(r"^(async )?def test_", code, re.M):
         path = tmp_path / "test_block.py"
@@ -148,8 +151,12 @@ def _python(block: Block, sandbox: Sandbox, tmp_path: Path) -> None:
     compiled = compile(code, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     if "asyncio.run(" in code:  # a whole program
         printed = io.StringIO()
+        # a module of its own, as ``python example.py`` gives it (attrs and cattrs look
+        # names up in sys.modules[cls.__module__])
+        main = types.ModuleType("__main__")
+        monkeypatch.setitem(sys.modules, "__main__", main)
         with contextlib.suppress(SystemExit), contextlib.redirect_stdout(printed):
-            exec(compiled, {"__name__": "__main__"})  # noqa: S102 - our own docs
+            exec(compiled, main.__dict__)  # noqa: S102 - our own docs
         if "days=7" in code:  # "the last 7 days" must find the sandbox's recent records
             assert printed.getvalue().strip(), "the example printed nothing"
         return
@@ -220,7 +227,7 @@ def test_code_block_runs(
     if block.skipped:
         pytest.skip("marked <!-- docs-test: skip --> in the page")
     if block.language == "python":
-        _python(block, at_sandbox, tmp_path)
+        _python(block, at_sandbox, tmp_path, monkeypatch)
     elif block.language in ("bash", "sh", "text"):
         _shell(block, at_sandbox, tmp_path, monkeypatch)
     elif block.language == "toml":

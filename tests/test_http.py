@@ -129,6 +129,13 @@ class TestRetryPolicy:
     def test_rate_limit_without_a_wait_backs_off(self) -> None:
         assert retry_wait(api_error(RateLimitError, 429), max_wait=60) is True
 
+    @pytest.mark.parametrize("wait", [0.0, 0.2, 0.999])
+    def test_a_short_server_wait_has_a_floor_and_jitter(self, wait: float) -> None:
+        exc = api_error(RateLimitError, 429, retry_after=wait)
+        assert retry_wait(exc, max_wait=60, jitter=lambda: 0.0) == 1.0
+        assert retry_wait(exc, max_wait=60, jitter=lambda: 0.999) == pytest.approx(1.4995)
+        assert 1.0 <= float(retry_wait(exc, max_wait=60)) < 1.5
+
     def test_a_wait_over_the_cap_is_not_slept(self) -> None:
         exc = api_error(RateLimitError, 429, retry_after=3419)
         assert retry_wait(exc, max_wait=60) is False

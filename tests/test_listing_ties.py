@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from close_opps import GetrazeAdapter, IncompleteListingError, Opportunity
 from close_opps.paging import Pager
 from close_opps.sandbox import GetrazeOptions, RateLimitPolicy, Sandbox, VendorServer
+from close_opps.sync import SyncError, SyncStore, sync
 
 RECORDS = 300
 TIE = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -54,8 +56,9 @@ async def test_every_order_and_page_size_yields_each_record_once_or_raises() -> 
                 try:
                     got = await _list(getraze, order_by=order, page_size=page_size)
                 except IncompleteListingError as exc:
-                    assert (exc.expected, exc.provider) == (RECORDS, "getraze")
-                    assert exc.received < exc.expected
+                    incomplete = exc
+                    assert (incomplete.expected, incomplete.provider) == (RECORDS, "getraze")
+                    assert incomplete.received < incomplete.expected
                     outcomes["incomplete (raised)"] += 1
                     continue
                 finally:
@@ -102,9 +105,13 @@ async def test_one_read_of_each_page_loses_records_and_the_accounting_says_so(
         sb.getraze.share_timestamp(TIE)
         async with _adapter(sb.getraze) as getraze:
             yielded: list[Opportunity] = []
-            with pytest.raises(IncompleteListingError) as info:
+
+            async def consume() -> None:
                 async for opp in getraze.list(page_size=20):
                     yielded.append(opp)
+
+            with pytest.raises(IncompleteListingError) as info:
+                await consume()
     assert info.value.expected == RECORDS
     assert info.value.received == len(yielded) < RECORDS  # what was found was yielded first
 
@@ -127,3 +134,22 @@ async def test_rereads_are_logged(caplog: pytest.LogCaptureFixture) -> None:
                 got = await _list(getraze, page_size=40)
     assert len(got) == RECORDS
     assert "share a sort key across page boundaries" in caplog.text
+
+
+async def test_sync_never_moves_a_watermark_after_an_incomplete_listing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    async def no_rereads(self: Pager, *args: object) -> object:
+        return
+        yield
+
+    monkeypatch.setattr(Pager, "_reread_ties", no_rereads)
+    monkeypatch.setattr("close_opps.paging.FULL_REREADS", 0)
+    async with _sandbox(tie_seed=2) as sb, SyncStore(tmp_path / "copy.db") as store:
+        sb.getraze.share_timestamp(TIE)
+        async with _adapter(sb.getraze) as getraze:
+            with pytest.raises(SyncError) as info:
+                await sync([getraze], store, batch_size=20)
+        assert isinstance(info.value.errors["getraze"], IncompleteListingError)
+        assert await store.watermark("getraze") is None  # the next run reads it all again
+        assert 0 < await store.count("getraze") < RECORDS  # what was found is kept

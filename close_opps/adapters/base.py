@@ -36,7 +36,7 @@ from close_opps.http import Dialect, RateLimit, Request, Response, Secret, Trans
 from close_opps.model import Opportunity, OpportunityStatus
 from close_opps.paging import Page, Pager, PagingPolicy
 
-__all__ = ["BaseAdapter", "ListQuery", "Page", "StatusArg", "api_key_env", "list_arguments"]
+__all__ = ["BaseAdapter", "ListQuery", "Page", "StatusArg", "api_key_env"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -134,16 +134,10 @@ def _list_arguments(
     """The arguments of every listing (``list()``, ``pages()``, the hub's): defined once."""
 
 
-def list_arguments(fn: Callable[..., R]) -> Callable[..., R]:
-    """Give a listing method the one typed signature of the list arguments.
-
-    The method receives them as keyword arguments (pass them to ``ListQuery`` building);
-    type checkers and ``help()`` see the full signature.
-    """
-    return _with_signature(_list_arguments)(fn)
-
-
 def _with_signature(reference: Callable[P, Any]) -> Callable[[Callable[..., R]], Callable[P, R]]:
+    """Give a method taking ``**arguments`` the typed signature of ``reference`` (for type
+    checkers and ``help()``), so the list arguments are written once."""
+
     def decorate(fn: Callable[..., R]) -> Callable[P, R]:
         returns = inspect.signature(fn).return_annotation
         fn.__signature__ = inspect.signature(reference).replace(  # type: ignore[attr-defined]

@@ -42,6 +42,7 @@ from ._runtime import (
     run,
     usage_error,
 )
+from ._webhooks import webhooks_app
 
 if TYPE_CHECKING:
     from close_opps.sandbox import Sandbox
@@ -70,6 +71,7 @@ sandbox_app = typer.Typer(
     invoke_without_command=True,
 )
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 # ---------------------------------------------------------------------------- options
