@@ -134,6 +134,7 @@ def _real_ids(text: str, sandbox: Sandbox) -> str:
 def _python(
     block: Block, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # files an example writes (a sync database) land here
     code = _real_ids(block.code, sandbox).replace('api_key="..."', f'api_key="{KEY}"')
     if re.search(r"^(async )?def test_", code, re.M):
         path = tmp_path / "test_block.py"
