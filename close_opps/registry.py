@@ -91,9 +91,10 @@ def adapter_class(provider: str) -> type[BaseAdapter]:
 def connect(provider: str, /, **options: Any) -> BaseAdapter:
     """An adapter for ``provider`` (``"close"``, ``"getraze"``, ``"reevo"``, or a plugin's).
 
-    ``options`` go to the adapter's constructor: ``api_key`` and any of ``base_url``,
-    ``session``, ``timeout``, ``max_retries``, ``max_retry_wait``, ``page_size``,
-    ``concurrency``::
+    ``options`` go to the adapter's constructor: ``api_key`` (default: the
+    ``<PROVIDER>_API_KEY`` variable) and any of ``base_url``, ``session``, ``timeout``,
+    ``max_retries``, ``max_retry_wait``, ``page_size``, ``concurrency``, ``proxy``,
+    ``user_agent``::
 
         async with close_opps.connect("close", api_key=key) as close:
             ...

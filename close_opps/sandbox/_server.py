@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, date, datetime
 from types import TracebackType
 from typing import Any, Final, Literal, Self, get_args
 
@@ -223,10 +223,17 @@ def _merge(
     latency: Latency | None,
     faults: FaultConfig | None,
     clock: Clock | None,
+    today: date | None = None,
 ) -> Any:
+    chosen_clock = options.clock if options.clock is not None else clock
+    chosen_today = options.today if options.today is not None else today
+    if chosen_today is None and chosen_clock is not None:
+        # a clock of its own dates the data too: seeded records lie before its "now"
+        chosen_today = chosen_clock().astimezone(UTC).date()
     return attrs.evolve(
         options,
-        clock=options.clock if options.clock is not None else clock,
+        clock=chosen_clock,
+        today=chosen_today,
         seed=options.seed if options.seed is not None else seed,
         records=options.records
         if options.records is not None
@@ -243,7 +250,9 @@ class Sandbox:
     ``sb.close.api_key`` (likewise ``sb.getraze``, ``sb.reevo``). ``records``, ``latency``,
     ``faults`` and ``clock`` (what dates edits and Close's events; default the wall clock)
     apply to every vendor whose options leave them unset. ``vendors`` picks
-    which emulators start; ``ports`` pins ports (0 or absent: a free one).
+    which emulators start; ``ports`` pins ports (0 or absent: a free one). The data is
+    dated relative to ``today`` (default: the clock's date, i.e. the current UTC date
+    unless a ``clock`` is given): the same ``seed`` and ``today`` give the same data.
     """
 
     def __init__(
@@ -260,6 +269,7 @@ class Sandbox:
         vendors: Iterable[VendorName] = VENDORS,
         ports: Mapping[str, int] | None = None,
         shutdown_timeout: float = 1.0,
+        today: date | None = None,
     ) -> None:
         chosen = tuple(dict.fromkeys(vendors))
         unknown = [name for name in chosen if name not in VENDORS]
@@ -277,7 +287,13 @@ class Sandbox:
         #: The options each vendor runs with, after applying the Sandbox-wide values.
         self.options: dict[VendorName, Any] = {
             name: _merge(
-                opts, seed=seed, records=records, latency=latency, faults=faults, clock=clock
+                opts,
+                seed=seed,
+                records=records,
+                latency=latency,
+                faults=faults,
+                clock=clock,
+                today=today,
             )
             for name, opts in given.items()
         }
