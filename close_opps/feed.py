@@ -31,6 +31,7 @@ import re
 import uuid
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
@@ -314,7 +315,15 @@ class FeedRun:
         self._delivered = dict(self.since.known) if after is not None and self.since else {}
         self._position = after
         self._resumable = True
-        async for record in list_from(after):
+        async with aclosing(_generator(list_from(after))) as records:
+            async for change in self._initial(records, after, fingerprints=fingerprints):
+                yield change
+        self.known = self._delivered
+
+    async def _initial(
+        self, records: AsyncIterator[Opportunity], after: datetime | None, *, fingerprints: bool
+    ) -> AsyncGenerator[Change, None]:
+        async for record in records:
             if after is not None and record.created_at < after:
                 continue  # a provider that filters loosely: delivered before
             if self._position is not None and record.created_at < self._position:
@@ -323,7 +332,6 @@ class FeedRun:
                 self._position = record.created_at
             self._delivered[record.id] = fingerprint(record) if fingerprints else None
             yield Change.upsert(record, occurred_at=record.updated_at)
-        self.known = self._delivered
 
     async def reconcile(
         self,
@@ -345,12 +353,13 @@ class FeedRun:
         """
         known = dict(self.since.known) if self.since is not None else {}
         seen: dict[str, int | None] = {}
-        async for record in records:
-            mark = fingerprint(record) if fingerprints else None
-            previous = known.get(record.id, _ABSENT)
-            seen[record.id] = mark
-            if upsert_all or previous is _ABSENT or previous is None or previous != mark:
-                yield Change.upsert(record, occurred_at=record.updated_at)
+        async with aclosing(_generator(records)) as listing:
+            async for record in listing:
+                mark = fingerprint(record) if fingerprints else None
+                previous = known.get(record.id, _ABSENT)
+                seen[record.id] = mark
+                if upsert_all or previous is _ABSENT or previous is None or previous != mark:
+                    yield Change.upsert(record, occurred_at=record.updated_at)
         gone = sorted(i for i in known if i not in seen)
         check_mass_deletion(
             self.provider,
@@ -365,6 +374,17 @@ class FeedRun:
 
 
 _ABSENT: Final[Any] = object()
+
+
+async def _generator(records: AsyncIterator[Opportunity]) -> AsyncGenerator[Opportunity, None]:
+    """``records`` as an async generator that closes the listing when it is closed."""
+    try:
+        async for record in records:
+            yield record
+    finally:
+        aclose = getattr(records, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class ChangeFeed:

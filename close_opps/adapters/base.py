@@ -340,12 +340,14 @@ class BaseAdapter(abc.ABC):
         and deletes the known ids no longer listed. A provider with a change log overrides
         this, and may call ``run.reconcile`` as its fallback.
         """
-        if run.first_run:
-            async for change in run.initial(self._created_from):
+        stream = (
+            run.initial(self._created_from)
+            if run.first_run
+            else run.reconcile(self.list(), upsert_all=False)
+        )
+        async with aclosing(stream) as changes:
+            async for change in changes:
                 yield change
-            return
-        async for change in run.reconcile(self.list(), upsert_all=False):
-            yield change
 
     def _created_from(self, after: datetime | None) -> AsyncGenerator[Opportunity, None]:
         """Every current record, oldest created first, from ``after`` (inclusive)."""

@@ -11,6 +11,7 @@ import logging
 import math
 import re
 from collections.abc import AsyncGenerator, Iterable, Mapping
+from contextlib import aclosing
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Final
@@ -535,8 +536,9 @@ class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
         if since is None or run.resuming:
             # Events from the first attempt's start on are read by the next run.
             run.checkpoint = since.checkpoint if since is not None else now
-            async for change in run.initial(self._created_from, fingerprints=False):
-                yield change
+            async with aclosing(run.initial(self._created_from, fingerprints=False)) as first:
+                async for change in first:
+                    yield change
             return
         if since.checkpoint is None or now - since.checkpoint > EVENT_LOG_RETENTION - EVENT_RESCAN:
             logger.warning(
@@ -544,8 +546,9 @@ class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
                 "(30 days): falling back to a full reconciliation",
                 since.checkpoint.isoformat() if since.checkpoint else "an unknown time",
             )
-            async for change in self._full_reconciliation(run, now):
-                yield change
+            async with aclosing(self._full_reconciliation(run, now)) as full:
+                async for change in full:
+                    yield change
             return
         try:
             events = await self._read_events(since.checkpoint - EVENT_RESCAN)
@@ -555,8 +558,9 @@ class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
                 "reconciliation",
                 exc.status,
             )
-            async for change in self._full_reconciliation(run, now):
-                yield change
+            async with aclosing(self._full_reconciliation(run, now)) as full:
+                async for change in full:
+                    yield change
             return
         known = dict(since.known)
         wanted: dict[str, datetime] = {}
@@ -566,12 +570,13 @@ class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
                 yield Change.delete(PROVIDER, record_id, occurred_at=occurred_at)
             else:
                 wanted[record_id] = occurred_at
-        async for change in self._current(wanted):
-            if change.kind is ChangeKind.DELETE:
-                known.pop(change.id, None)
-            else:
-                known[change.id] = None
-            yield change
+        async with aclosing(self._current(wanted)) as current:
+            async for change in current:
+                if change.kind is ChangeKind.DELETE:
+                    known.pop(change.id, None)
+                else:
+                    known[change.id] = None
+                yield change
         run.known = known
         run.checkpoint = now
 
@@ -580,8 +585,10 @@ class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
     ) -> AsyncGenerator[Change, None]:
         run.full_resync = True
         run.checkpoint = now
-        async for change in run.reconcile(self.list(), upsert_all=True, fingerprints=False):
-            yield change
+        reconciliation = run.reconcile(self.list(), upsert_all=True, fingerprints=False)
+        async with aclosing(reconciliation) as changes:
+            async for change in changes:
+                yield change
 
     async def _read_events(self, date_from: datetime) -> list[CloseEvent]:
         """Every opportunity event updated at or after ``date_from``, in three queries
@@ -635,15 +642,18 @@ class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
         page_size = self._page_size
         if math.ceil(len(wanted) / page_size) < len(wanted):
             bound = min(wanted.values()) - _LISTING_MARGIN
-            async for listed in self.list(updated_since=bound):
-                remaining.pop(listed.id, None)
-                yield Change.upsert(listed, occurred_at=listed.updated_at)
+            async with aclosing(self.list(updated_since=bound)) as listing:
+                async for listed in listing:
+                    remaining.pop(listed.id, None)
+                    yield Change.upsert(listed, occurred_at=listed.updated_at)
         fetches = ((lambda i=i: self._get_or_none(i)) for i in sorted(remaining))
-        async for record_id, found in fetch_in_order(fetches, concurrency=self.concurrency):
-            if found is None:
-                yield Change.delete(PROVIDER, record_id)
-            else:
-                yield Change.upsert(found, occurred_at=found.updated_at)
+        fetched = fetch_in_order(fetches, concurrency=self.concurrency)
+        async with aclosing(fetched) as results:
+            async for record_id, found in results:
+                if found is None:
+                    yield Change.delete(PROVIDER, record_id)
+                else:
+                    yield Change.upsert(found, occurred_at=found.updated_at)
 
     async def _get_or_none(self, record_id: str) -> tuple[str, Opportunity | None]:
         try:
