@@ -92,3 +92,18 @@ def test_the_mass_deletion_guard_is_one_line_with_a_hint(served: Sandbox, tmp_pa
     deletes = [line for line in jsonl(allowed.stdout) if line["kind"] == "delete"]
     assert len(deletes) == 15
     assert json.loads(json.dumps(deletes[0]))["opportunity"] is None
+
+
+def test_the_sync_summary_shows_deletions(served: Sandbox, tmp_path: Path) -> None:
+    db = str(tmp_path / "opps.db")
+    env = _env(served, "reevo")
+    first = invoke(["sync", "--db", db, "reevo"], env=env)
+    assert first.exit_code == 0, first.stderr
+    header = next(line for line in first.stdout.splitlines() if "provider" in line).split()
+    assert header[:6] == ["provider", "inserted", "updated", "unchanged", "deleted", "total"]
+    served.reevo.delete(served.reevo.ids[0])
+    second = invoke(["sync", "--db", db, "reevo"], env=env)
+    assert second.exit_code == 0, second.stderr
+    row = next(line for line in second.stdout.splitlines() if line.split()[:1] == ["reevo"])
+    assert row.split()[1:6] == ["0", "0", "0", "1", "0"]
+    assert "19 opportunities stored" in second.stdout
