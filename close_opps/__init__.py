@@ -40,6 +40,7 @@ from close_opps.errors import (
     TransportError,
     WebhookSignatureError,
 )
+from close_opps.feed import ChangeFeed
 from close_opps.http import RateLimit
 from close_opps.hub import OpportunityHub
 from close_opps.model import Contact, Money, Opportunity, OpportunityStatus, Ref
@@ -52,6 +53,7 @@ __all__ = [
     "AuthenticationError",
     "BaseAdapter",
     "Change",
+    "ChangeFeed",
     "ChangeKind",
     "CloseAdapter",
     "CloseOppsError",

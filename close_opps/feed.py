@@ -211,8 +211,8 @@ def check_mass_deletion(
     raise MassDeletionError(
         f"reconciliation would delete {would_delete} of the {known} known records, more than "
         f"the allowed {max_share:.0%}: nothing was deleted. A key with a narrower scope or an "
-        "empty answer can look like this; if the deletions are real, call changes() with "
-        "allow_mass_deletion=True (or a larger max_deletion_share)",
+        "empty answer can look like this; if the deletions are real, pass "
+        "allow_mass_deletion=True (or a larger max_deletion_share) to changes() or sync()",
         provider=provider,
         would_delete=would_delete,
         known=known,

@@ -22,10 +22,22 @@ from close_opps.errors import InvalidCursorError, MassDeletionError
 from close_opps.feed import DEFAULT_MAX_DELETION_SHARE
 from close_opps.serialize import opportunity_to_dict
 
-from ._app import ApiKey, BaseUrl, Provider, Raw, Retries, Timeout, UseSandbox, app
+from ._app import (
+    ApiKey,
+    BaseUrl,
+    Provider,
+    ProxyUrl,
+    Raw,
+    Retries,
+    Timeout,
+    UseSandbox,
+    _connection,
+    app,
+)
 from ._render import emit
 from ._runtime import (
     ConnectOptions,
+    HelpCommand,
     SandboxSpec,
     Target,
     fail,
@@ -74,7 +86,7 @@ def _write_cursor_file(path: Path, cursor: str) -> None:
         fail(f"cannot write the cursor file {str(path)!r}: {exc.strerror or exc}")
 
 
-@app.command("changes")
+@app.command("changes", cls=HelpCommand)
 def changes(
     provider: Provider,
     since: Annotated[
@@ -121,6 +133,7 @@ def changes(
     sandbox: UseSandbox = False,
     timeout: Timeout = DEFAULT_TIMEOUT,
     retries: Retries = DEFAULT_MAX_RETRIES,
+    proxy: ProxyUrl = None,
 ) -> None:
     """Print what changed since a cursor: one change per JSON line on stdout.
 
@@ -141,7 +154,7 @@ def changes(
             allow_mass_deletion=allow_mass_deletion,
             max_deletion_share=max_deletion_share,
             sandbox=SandboxSpec() if sandbox else None,
-            connection=ConnectOptions(timeout=timeout, retries=retries),
+            connection=_connection(timeout=timeout, retries=retries, proxy=proxy, sandbox=sandbox),
         )
     )
     summary = (
