@@ -27,10 +27,11 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import re
 import uuid
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from datetime import UTC, datetime
 from types import TracebackType
@@ -38,6 +39,7 @@ from typing import Any, Final, Self
 
 import attrs
 
+from close_opps._tasks import fetch_in_order
 from close_opps.changes import Change
 from close_opps.errors import InvalidCursorError, MassDeletionError
 from close_opps.model import Opportunity
@@ -55,6 +57,8 @@ __all__ = [
     "fingerprint",
 ]
 
+logger = logging.getLogger("close_opps.feed")
+
 #: The cursor format this release writes (and the newest it reads).
 CURSOR_VERSION: Final = 1
 _PREFIX: Final = "coc1."
@@ -66,6 +70,8 @@ _UUID = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 
 #: A callable returning the current moment (timezone-aware).
 Clock = Callable[[], datetime]
+#: Fetches one record by id, ``None`` when the provider says there is no such record.
+Confirm = Callable[[str], Awaitable[Opportunity | None]]
 
 
 def _utc_now() -> datetime:
@@ -339,6 +345,8 @@ class FeedRun:
         *,
         upsert_all: bool,
         fingerprints: bool = True,
+        confirm: Confirm | None = None,
+        concurrency: int = 1,
     ) -> AsyncGenerator[Change, None]:
         """Compare a complete listing with the ids the cursor knows.
 
@@ -346,7 +354,10 @@ class FeedRun:
         (every record with ``upsert_all``), then, once the listing has ended normally, a
         delete for every known id it did not list. A listing that raises (an
         :class:`~close_opps.IncompleteListingError`, a failure midway) raises here before
-        any delete. Sets :attr:`known` for the new cursor.
+        any delete. With ``confirm`` (a get by id, ``concurrency`` at a time), each id not
+        listed is asked for first: a record that answers is alive (a listing over offset
+        pages skips one when another is deleted meanwhile) and is upserted instead. Sets
+        :attr:`known` for the new cursor.
 
         Raises:
             MassDeletionError: the deletes would exceed the guard's share (nothing deleted).
@@ -368,12 +379,38 @@ class FeedRun:
             max_share=self.max_deletion_share,
             allowed=self.allow_mass_deletion,
         )
-        for record_id in gone:
-            yield Change.delete(self.provider, record_id)
+        if confirm is None:
+            for record_id in gone:
+                yield Change.delete(self.provider, record_id)
+            self.known = seen
+            return
+        alive = 0
+        asks = ((lambda i=i: _confirmed(confirm, i)) for i in gone)
+        async with aclosing(fetch_in_order(asks, concurrency=concurrency)) as answers:
+            async for record_id, found in answers:
+                if found is None:
+                    yield Change.delete(self.provider, record_id)
+                    continue
+                alive += 1
+                # no fingerprint: a get's record can differ in form from a listed one
+                # (Getraze), so the next run upserts it as listed
+                seen[record_id] = None
+                yield Change.upsert(found, occurred_at=found.updated_at)
+        if alive:
+            logger.warning(
+                "%s: the listing missed %d live record(s) (records changed while it ran); "
+                "a get found them, so they were not deleted",
+                self.provider,
+                alive,
+            )
         self.known = seen
 
 
 _ABSENT: Final[Any] = object()
+
+
+async def _confirmed(confirm: Confirm, record_id: str) -> tuple[str, Opportunity | None]:
+    return record_id, await confirm(record_id)
 
 
 async def _generator(records: AsyncIterator[Opportunity]) -> AsyncGenerator[Opportunity, None]:

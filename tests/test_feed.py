@@ -438,3 +438,34 @@ async def test_a_checkpoint_of_another_run_is_none() -> None:
         assert later.checkpoint() == later.cursor
         fresh = adapter.changes(since=first.cursor, clock=clock)
         assert fresh.checkpoint() is None  # an incremental run restarts from its own cursor
+
+
+@pytest.mark.parametrize("provider", ["getraze", "reevo"])
+async def test_a_deletion_during_the_listing_deletes_no_live_record(provider: str) -> None:
+    """A record deleted while the listing pages shifts the later ones back by one: the one
+    that crosses the page boundary is not listed, yet it is alive, and no delete says
+    otherwise."""
+    async with _setup(provider, records=60, page_size=10) as (sb, clock, adapter):
+        copy: dict[str, Opportunity] = {}
+        feed = adapter.changes(clock=clock)
+        _apply(copy, await _drain(feed))
+        server = sb[provider]
+        first_page = [opp.id async for opp in adapter.list(limit=10)]
+
+        def meanwhile(count: int) -> None:
+            if count == 1:  # page 1 has been read: delete one of its records
+                server.delete(first_page[3])
+
+        clock.advance(minutes=1)
+        server.edit(first_page[0], confidence=5)  # so that the run yields early
+        run = adapter.changes(since=feed.cursor, clock=clock)
+        changes = await _drain(run, meanwhile)
+        # the deleted record had been listed before it went: the next run deletes it
+        assert [c for c in changes if c.kind is ChangeKind.DELETE] == []
+        _apply(copy, changes)
+        assert set(copy) == {*server.ids, first_page[3]}
+        later = await _drain(adapter.changes(since=run.cursor, clock=clock))
+        # (and the record a get confirmed is upserted once more, as listed)
+        assert [c.id for c in later if c.kind is ChangeKind.DELETE] == [first_page[3]]
+        _apply(copy, later)
+        assert {i: o.raw for i, o in copy.items()} == await _truth(adapter)

@@ -33,6 +33,7 @@ from close_opps._constants import (
     DEFAULT_TIMEOUT,
 )
 from close_opps.changes import Change
+from close_opps.errors import NotFoundError
 from close_opps.feed import DEFAULT_MAX_DELETION_SHARE, ChangeFeed, Clock, FeedRun, decode_cursor
 from close_opps.http import Dialect, RateLimit, Request, Response, Secret, Transport
 from close_opps.model import Opportunity, OpportunityStatus
@@ -343,11 +344,23 @@ class BaseAdapter(abc.ABC):
         stream = (
             run.initial(self._created_from)
             if run.first_run
-            else run.reconcile(self.list(), upsert_all=False)
+            else run.reconcile(
+                self.list(),
+                upsert_all=False,
+                confirm=self._get_or_none,
+                concurrency=self.concurrency,
+            )
         )
         async with aclosing(stream) as changes:
             async for change in changes:
                 yield change
+
+    async def _get_or_none(self, opportunity_id: str) -> Opportunity | None:
+        """The record, or ``None`` when the provider says there is no such record."""
+        try:
+            return await self.get(opportunity_id)
+        except NotFoundError:
+            return None
 
     def _created_from(self, after: datetime | None) -> AsyncGenerator[Opportunity, None]:
         """Every current record, oldest created first, from ``after`` (inclusive)."""

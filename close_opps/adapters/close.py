@@ -27,7 +27,6 @@ from close_opps.changes import Change, ChangeKind
 from close_opps.errors import (
     DecodeError,
     InvalidRequestError,
-    NotFoundError,
     PaginationError,
     PermissionDeniedError,
 )
@@ -585,7 +584,13 @@ class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
     ) -> AsyncGenerator[Change, None]:
         run.full_resync = True
         run.checkpoint = now
-        reconciliation = run.reconcile(self.list(), upsert_all=True, fingerprints=False)
+        reconciliation = run.reconcile(
+            self.list(),
+            upsert_all=True,
+            fingerprints=False,
+            confirm=self._get_or_none,
+            concurrency=self.concurrency,
+        )
         async with aclosing(reconciliation) as changes:
             async for change in changes:
                 yield change
@@ -646,7 +651,7 @@ class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
                 async for listed in listing:
                     remaining.pop(listed.id, None)
                     yield Change.upsert(listed, occurred_at=listed.updated_at)
-        fetches = ((lambda i=i: self._get_or_none(i)) for i in sorted(remaining))
+        fetches = ((lambda i=i: self._fetch_current(i)) for i in sorted(remaining))
         fetched = fetch_in_order(fetches, concurrency=self.concurrency)
         async with aclosing(fetched) as results:
             async for record_id, found in results:
@@ -655,8 +660,5 @@ class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
                 else:
                     yield Change.upsert(found, occurred_at=found.updated_at)
 
-    async def _get_or_none(self, record_id: str) -> tuple[str, Opportunity | None]:
-        try:
-            return record_id, await self.get(record_id)
-        except NotFoundError:
-            return record_id, None
+    async def _fetch_current(self, record_id: str) -> tuple[str, Opportunity | None]:
+        return record_id, await self._get_or_none(record_id)
