@@ -760,17 +760,31 @@ async def _sync_provider(
         if on_progress is not None and done:
             on_progress(name, counts.inserted + counts.updated + counts.unchanged + counts.deleted)
 
+    delivered = checkpointed = 0
+
+    async def checkpoint() -> str | None:
+        """A first run's checkpoint, to go in with the batch: a run killed later resumes
+        after it (None for other runs: they restart from their cursor). Encoding one costs
+        time in the number of records delivered, so it is done off the event loop (the
+        feed does not move meanwhile), with every batch at first, then every tenth of the
+        way: a killed run redoes at most a tenth of its work."""
+        nonlocal checkpointed
+        if delivered - checkpointed < max(batch_size, checkpointed // 10):
+            return None
+        checkpointed = delivered
+        return await asyncio.to_thread(feed.checkpoint)
+
     logger.debug("syncing %s from %s", name, "its cursor" if since else "the beginning")
     try:
         async for change in feed:
             batch.append(change)
+            delivered += 1
             if len(batch) >= batch_size:
-                # A first run's checkpoint goes in with the batch: a run killed later
-                # resumes after it (None for other runs: they restart from their cursor).
-                await flush(cursor=feed.checkpoint(), complete=False)
+                await flush(cursor=await checkpoint(), complete=False)
     except CloseOppsError:
         # keep what was read (with the checkpoint it reached); the cursor stays
-        await flush(cursor=feed.checkpoint(), complete=False)
+        checkpointed = -batch_size  # whatever the spacing: this is the last chance
+        await flush(cursor=await checkpoint(), complete=False)
         raise
     finally:
         await feed.aclose()
@@ -779,7 +793,8 @@ async def _sync_provider(
         # Every current record was delivered: stored ones it did not deliver are gone (a
         # store filled before the feed, or by a cursor forgotten). The same guard applies.
         await flush()
-        known = decode_cursor(feed.cursor, provider=adapter.provider).known
+        state = await asyncio.to_thread(decode_cursor, feed.cursor, provider=adapter.provider)
+        known = state.known
         live = await store.live_ids(name)
         stale = sorted(live - set(known))
         check_mass_deletion(
