@@ -23,6 +23,7 @@ What differs per provider (Close reads its event log) lives in the adapter, whic
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -472,7 +473,8 @@ class ChangeFeed:
             return await self._stream.__anext__()
         except StopAsyncIteration:
             self._finished = True
-            self.cursor = encode_cursor(self._run.state())
+            # linear in the records known: off the event loop
+            self.cursor = await asyncio.to_thread(encode_cursor, self._run.state())
             raise
         except BaseException:
             self._finished = True
