@@ -30,3 +30,16 @@ MAX_REDIRECTS = 5
 OFFLOAD_BYTES = 64 * 1024
 #: Statuses that mean "try again later" for a read.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: A listing whose pages bring nothing new this many times in a row (and for at least this
+#: many records) while the server says more follow is stopped with PaginationError.
+NO_PROGRESS_PAGES = 3
+NO_PROGRESS_RECORDS = 50
+#: Re-reads allowed to find records that moved between pages (ties in the sort key): this
+#: many per page of the window's first pass, plus a fixed allowance.
+REREAD_BUDGET_FACTOR = 2
+REREAD_BUDGET_MIN = 40
+#: Whole passes read again when a listing still has fewer records than the server's total.
+FULL_REREADS = 1
+#: A wait the server names below this many seconds is raised to it (plus jitter): a wait
+#: that ends just before the server's window turns would meet another 429.
+MIN_SERVER_WAIT = 1.0

@@ -33,6 +33,7 @@ __all__ = [
     "DecodeError",
     "EndpointNotFoundError",
     "IncompleteListingError",
+    "InvalidArgumentError",
     "InvalidRequestError",
     "MassDeletionError",
     "NotFoundError",
@@ -130,6 +131,11 @@ class InvalidRequestError(APIError):
 
     Attributes:
         field_errors: the vendor's per-field messages, ``{"field": "message"}``, when sent.
+        max_page_size: the largest page the server serves, when the error names it.
+        offset_too_large: the request's offset (Close's ``_skip``) is past what the server
+            serves.
+        max_offset: the largest offset the server serves, when the error names it.
+        cursor_invalid: the request's cursor is invalid or expired.
     """
 
     def __init__(
@@ -137,10 +143,18 @@ class InvalidRequestError(APIError):
         message: str,
         *,
         field_errors: Mapping[str, str] | None = None,
+        max_page_size: int | None = None,
+        offset_too_large: bool = False,
+        max_offset: int | None = None,
+        cursor_invalid: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(message, **kwargs)
         self.field_errors: Mapping[str, str] = dict(field_errors or {})
+        self.max_page_size = max_page_size
+        self.offset_too_large = offset_too_large
+        self.max_offset = max_offset
+        self.cursor_invalid = cursor_invalid
 
 
 class RateLimitError(APIError):
@@ -236,6 +250,13 @@ class MassDeletionError(CloseOppsError):
         super().__init__(message, provider=provider)
         self.would_delete = would_delete
         self.known = known
+
+
+class InvalidArgumentError(CloseOppsError, ValueError):
+    """An argument the provider cannot take (a malformed id), refused before any request.
+
+    Also a :class:`ValueError`, like every other invalid argument.
+    """
 
 
 class WebhookSignatureError(CloseOppsError):

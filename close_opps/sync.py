@@ -28,7 +28,7 @@ from typing import Any, Final, Self, TypeVar
 
 import attrs
 
-from close_opps._paging import aclose_iterator, cancel_and_wait
+from close_opps._tasks import aclose_iterator, cancel_and_wait
 from close_opps.adapters.base import BaseAdapter
 from close_opps.errors import CloseOppsError
 from close_opps.hub import OpportunityHub

@@ -182,10 +182,7 @@ async def test_aclose_closes_every_adapter() -> None:
 
 async def test_records_of_all_providers_arrive_interleaved() -> None:
     async with (
-        # stable Getraze ties until its adapter sweeps them (issue 7)
-        Sandbox(
-            seed=4, records=60, latency=0.005, getraze=GetrazeOptions(tie_order="stable")
-        ) as sb,
+        Sandbox(seed=4, records=60, latency=0.005) as sb,
         OpportunityHub(connect_all(sb, page_size=10, concurrency=1)) as hub,
     ):
         order = [(opp.provider, opp.id) async for opp in hub.list()]
@@ -246,8 +243,7 @@ async def test_a_paused_consumer_stops_the_providers() -> None:
 
 
 async def test_back_pressure_reaches_the_http_requests() -> None:
-    # stable Getraze ties until its adapter sweeps them (issue 7)
-    async with Sandbox(seed=5, records=300, getraze=GetrazeOptions(tie_order="stable")) as sb:
+    async with Sandbox(seed=5, records=300) as sb:
         adapters = connect_all(sb, page_size=10, concurrency=1)
         async with OpportunityHub(adapters, buffer=4) as hub, aclosing(hub.list()) as listing:
             await anext(listing)

@@ -18,7 +18,7 @@ import close_opps
 from close_opps import AuthenticationError, ServerError
 from close_opps.adapters.base import BaseAdapter
 from close_opps.hub import OpportunityHub
-from close_opps.sandbox import Fault, GetrazeOptions, Sandbox, VendorServer
+from close_opps.sandbox import Fault, Sandbox, VendorServer
 from close_opps.serialize import opportunity_to_dict
 from close_opps.sync import (
     SCHEMA_VERSION,
@@ -36,10 +36,7 @@ RECORDS = 120
 
 @pytest.fixture
 async def sb() -> AsyncIterator[Sandbox]:
-    # The Getraze emulator orders ties afresh on every request, as the real server; until the
-    # adapter sweeps ties (issue 7) these listings run over a stable order.
-    stable = GetrazeOptions(tie_order="stable")
-    async with Sandbox(seed=9, records=RECORDS, getraze=stable) as running:
+    async with Sandbox(seed=9, records=RECORDS) as running:
         yield running
 
 
