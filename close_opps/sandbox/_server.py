@@ -94,7 +94,9 @@ class VendorServer:
     @property
     def ids(self) -> list[str]:
         """The ids of :attr:`records`, in seed order."""
-        return [str(record["id"]) for record in self.state.records]
+        state = self.state
+        ids = state.cached("ids", lambda: [str(record["id"]) for record in state.records])
+        return list(ids)
 
     def record(self, record_id: str) -> JSON:
         """The record as ``get`` serves it (``KeyError`` if unknown)."""
