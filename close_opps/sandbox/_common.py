@@ -14,7 +14,7 @@ from typing import Any, Final, Protocol, TypeVar, cast
 import attrs
 from aiohttp import web
 
-from ._data import Deal, generate_deals, new_deal
+from ._data import Deal, companies, generate_deals, new_deal
 from ._events import EventLog
 from ._faults import FAULTS, FaultInjector, FaultRenderer, fault_middleware
 from ._options import DEFAULT_RECORDS, RateLimit
@@ -338,11 +338,23 @@ class VendorState:
         deal = new_deal(self.seed, self.take_index(), self.now())
         if fields:
             deal = attrs.evolve(deal, **fields)
+        if "company" not in fields and self.deleted_leads:
+            deal = self._on_a_live_lead(deal)
         listed, detail = self.add(deal)
         if self.events is not None:
             request = self.events.request("POST", f"{self.base_path}/opportunity/")
             self.events.opportunity_created(detail, request)
         return listed
+
+    def _on_a_live_lead(self, deal: Deal) -> Deal:
+        """``deal``, moved to the next company whose Close lead was not deleted."""
+        everyone = companies(self.seed)
+        start = deal.company.index
+        for step in range(len(everyone)):
+            candidate = attrs.evolve(deal, company=everyone[(start + step) % len(everyone)])
+            if self.render(self.seed, candidate)[0].get("lead_id") not in self.deleted_leads:
+                return candidate
+        raise ValueError("every lead was deleted: pass company= to create()")
 
     def edit(self, record_id: str, **changes: Any) -> JSON:
         """Change fields of a record as a user editing it in the CRM now: like

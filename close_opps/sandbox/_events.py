@@ -246,7 +246,8 @@ class EventLog:
     ``id`` and newer ``date_updated``, when a later change is consolidated into it): the
     hook for webhook delivery. ``retention`` is how long events are kept,
     ``consolidation`` how soon after an ``updated`` event's creation another update of the
-    same object merges into it.
+    same object merges into it. A status change also logs a ``created`` event of a
+    status-change activity (``status_change_type``; the docs give two names for it).
     """
 
     def __init__(
@@ -257,8 +258,11 @@ class EventLog:
         retention: timedelta = timedelta(days=30),
         consolidation: timedelta = timedelta(seconds=3),
         deleted_data: Literal["null", "empty"] = "null",
+        status_change_type: str | None = "status_change.opportunity",
     ) -> None:
         self.seed = seed
+        #: The object type of the activity event a status change adds (``None``: none).
+        self.status_change_type = status_change_type
         self.clock = clock
         self.retention = retention
         self.consolidation = consolidation
@@ -298,8 +302,9 @@ class EventLog:
         return self._log("opportunity", record, "created", dict(record), {}, [], request)
 
     def opportunity_updated(self, before: JSON, after: JSON, request: Request) -> JSON | None:
-        """Log ``opportunity`` ``updated`` (consolidated into a recent one when there is one);
-        ``None`` when nothing that fires an event changed."""
+        """Log ``opportunity`` ``updated`` (consolidated into a recent one when there is one)
+        and, for a status change, the status-change activity; ``None`` when nothing that
+        fires an event changed."""
         changed = sorted(
             key
             for key in before.keys() | after.keys()
@@ -309,7 +314,30 @@ class EventLog:
         if not changed or (rest and rest <= _SILENT_FIELDS):
             return None
         previous = {key: before.get(key) for key in changed}
-        return self._log("opportunity", after, "updated", dict(after), previous, changed, request)
+        event = self._log("opportunity", after, "updated", dict(after), previous, changed, request)
+        if self.status_change_type is not None and "status_id" in changed:
+            self._status_change(self.status_change_type, before, after, request)
+        return event
+
+    def _status_change(self, object_type: str, before: JSON, after: JSON, request: Request) -> None:
+        """The status-change activity Close writes beside the opportunity's own event."""
+        number = next(self._sequence)
+        activity = {
+            "id": close_id(self.seed, "acti", number),
+            "_type": "OpportunityStatusChange",
+            "opportunity_id": after["id"],
+            "lead_id": after.get("lead_id"),
+            "organization_id": self.organization_id,
+            "user_id": self.user_id,
+            "old_status_id": before.get("status_id"),
+            "old_status_label": before.get("status_label"),
+            "old_status_type": before.get("status_type"),
+            "new_status_id": after.get("status_id"),
+            "new_status_label": after.get("status_label"),
+            "new_status_type": after.get("status_type"),
+            "date_created": after.get("date_updated"),
+        }
+        self._log(object_type, activity, "created", activity, {}, [], request)
 
     def opportunity_deleted(self, before: JSON, request: Request) -> JSON:
         """Log ``opportunity`` ``deleted``: ``data`` null (or ``{}``), the whole object in

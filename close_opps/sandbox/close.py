@@ -600,6 +600,7 @@ def make_app(options: CloseOptions | None = None, *, seed: int = 0) -> web.Appli
             retention=options.event_retention,
             consolidation=options.consolidation,
             deleted_data=options.deleted_data,
+            status_change_type=options.status_change_type,
         ),
         base_path=BASE_PATH,
     )

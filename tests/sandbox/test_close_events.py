@@ -150,6 +150,51 @@ async def test_a_currency_only_change_logs_nothing(
     assert len((await _events(close, http)).json()["data"]) == 1
 
 
+def _other_status(server: VendorServer, record_id: str) -> dict[str, Any]:
+    deal = server.deal(record_id)
+    if deal.status == "open":
+        return {"status": "won", "stage": "won", "confidence": 100}
+    return {"status": "open", "stage": "proposal", "confidence": 60, "closed_at": None}
+
+
+async def test_a_status_change_also_logs_its_activity(
+    close: VendorServer, http: aiohttp.ClientSession
+) -> None:
+    target = close.ids[2]
+    before = close.record(target)
+    after = close.edit(target, **_other_status(close, target))
+    events = (await _events(close, http)).json()["data"]
+    assert [(e["object_type"], e["action"]) for e in events] == [
+        ("status_change.opportunity", "created"),
+        ("opportunity", "updated"),
+    ]
+    activity = events[0]["data"]
+    assert activity["opportunity_id"] == target == events[1]["object_id"]
+    assert (activity["old_status_id"], activity["new_status_id"]) == (
+        before["status_id"],
+        after["status_id"],
+    )
+    assert events[0]["lead_id"] == after["lead_id"]
+    # a client that asks for opportunity events only never sees it
+    only = (await _events(close, http, object_type="opportunity", action="updated")).json()
+    assert [e["object_id"] for e in only["data"]] == [target]
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("activity.opportunity_status_change", 2), (None, 1)],
+)
+async def test_the_status_change_activity_has_either_name_or_none(
+    http: aiohttp.ClientSession, kind: Any, expected: int
+) -> None:
+    options = CloseOptions(status_change_type=kind)
+    async with Sandbox(seed=5, records=10, vendors=["close"], close=options) as sb:
+        sb.close.edit(sb.close.ids[0], **_other_status(sb.close, sb.close.ids[0]))
+        events = sb.close.events.events()
+    assert len(events) == expected
+    assert {e["object_type"] for e in events} == {"opportunity", *([kind] if kind else [])}
+
+
 async def test_touch_update_and_remove_log_too(
     close: VendorServer, http: aiohttp.ClientSession, clock: ManualClock
 ) -> None:
@@ -348,6 +393,15 @@ async def test_deleting_a_lead_logs_a_deletion_per_opportunity(
         close.delete_lead(lead)
     with pytest.raises(ValueError, match="deleted"):
         close.create(company=company)  # no record may point at a deleted lead
+
+
+async def test_new_records_go_to_leads_that_were_not_deleted(close: VendorServer) -> None:
+    deleted = close.lead_ids()
+    for lead in deleted:
+        close.delete_lead(lead)
+    assert close.ids == []
+    created = [close.create()["lead_id"] for _ in range(30)]
+    assert not set(created) & set(deleted)
 
 
 @pytest.mark.parametrize("form", ["update", "recreate"])
