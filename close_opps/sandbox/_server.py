@@ -199,6 +199,13 @@ class VendorServer:
         self.faults.push(*faults)
 
     @property
+    def on_request(self) -> list[Callable[[RecordedRequest], None]]:
+        """Callables run with each request as it arrives, before it is answered (given the
+        :class:`RecordedRequest`): change the data there to edit while a sync runs, at a
+        chosen page, without timing games."""
+        return self.faults.on_request
+
+    @property
     def request_count(self) -> int:
         """Requests this vendor has received (faulted ones included)."""
         return self.faults.request_count

@@ -471,3 +471,32 @@ async def test_create_edit_delete_on_every_vendor(http: aiohttp.ClientSession) -
         assert fetched.json()["data"]["created_at"] == "2026-07-01 11:00:00+00"
         with pytest.raises(ValueError, match="index"):
             sb.reevo.create(index=3)
+
+
+async def test_changes_made_while_a_listing_runs(http: aiohttp.ClientSession) -> None:
+    # on_request runs before the request is answered: the third page already sees the edit
+    async with Sandbox(seed=5, records=30, vendors=["close"]) as sb:
+        close = sb.close
+        target = close.ids[-1]
+        gone = close.ids[0]
+
+        def edit_on_third_page(request: Any) -> None:
+            if request.path.endswith("/opportunity/") and request.query.get("_skip") == "20":
+                close.edit(target, note="edited mid-listing")
+                close.delete(gone)
+
+        close.on_request.append(edit_on_third_page)
+        pages = []
+        for skip in (0, 10, 20):
+            reply = await call(
+                http,
+                "GET",
+                f"{close.base_url}/opportunity/",
+                headers=close.auth_headers,
+                params={"_skip": skip, "_limit": 10, "_order_by": "date_created"},
+            )
+            pages.append(reply.json())
+        assert pages[0]["total_results"] == pages[1]["total_results"] == 30
+        assert pages[2]["total_results"] == 29
+        assert [e["action"] for e in close.events.events()] == ["deleted", "updated"]
+        assert close.requests[-1].query["_skip"] == "20"
