@@ -21,6 +21,7 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -77,6 +78,7 @@ _DATE_OPS: Final[Mapping[str, Callable[[datetime, datetime], bool]]] = {
 }
 #: Fields whose change alone fires no ``opportunity`` ``updated`` event (docs 1.7: the
 #: currency is an organisation-wide setting; ``value_formatted`` follows it).
+_OFFSET_SPACE: Final = re.compile(r" (\d{2}:?\d{2})$")
 _SILENT_FIELDS: Final = frozenset({"value_currency", "value_formatted"})
 
 
@@ -173,7 +175,8 @@ class EventQuery:
             text = query.get(name, "")
             if text:
                 try:
-                    value = datetime.fromisoformat(text.strip().replace(" ", "+"))
+                    # an unencoded "+" of an offset arrives as a space
+                    value = datetime.fromisoformat(_OFFSET_SPACE.sub(r"+\1", text.strip()))
                 except ValueError:
                     raise InvalidEventQuery(f"{name}: not a valid date/time.") from None
                 value = value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -227,7 +230,7 @@ class _Cursor:
                 digest=str(payload["f"]),
                 dates={k: datetime.fromisoformat(v) for k, v in payload["b"].items()},
             )
-        except (ValueError, KeyError, TypeError, IndexError, binascii.Error):
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, binascii.Error):
             raise InvalidEventQuery("Invalid cursor.") from None
 
 

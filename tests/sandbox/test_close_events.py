@@ -500,3 +500,24 @@ async def test_changes_made_while_a_listing_runs(http: aiohttp.ClientSession) ->
         assert pages[2]["total_results"] == 29
         assert [e["action"] for e in close.events.events()] == ["deleted", "updated"]
         assert close.requests[-1].query["_skip"] == "20"
+
+
+async def test_date_values_in_every_form_clients_send(
+    close: VendorServer, http: aiohttp.ClientSession, clock: ManualClock
+) -> None:
+    close.delete(close.ids[0])
+    clock.advance(hours=2)
+    close.delete(close.ids[0])
+    for value in (
+        "2026-07-01T10:00:00",  # tap-closeio
+        "2026-07-01T10:00:00.000000+0000",  # Airbyte's %Y-%m-%dT%H:%M:%S.%f%z
+        "2026-07-01T10:00:00+00:00",
+        "2026-07-01 10:00:00",
+        "2026-07-01T12:00:00 02:00",  # an unencoded "+" arrives as a space
+    ):
+        reply = await _events(close, http, date_updated__gte=value)
+        assert reply.status == 200, value
+        assert len(reply.json()["data"]) == 1, value
+    assert len((await _events(close, http, date_updated__gte="2026-07-01")).json()["data"]) == 2
+    for cursor in ("e30", "eyJ2IjoxLCJkIjoib2xkZXIiLCJrIjpbIngiLDFdLCJmIjoiIiwiYiI6W119"):
+        assert (await _events(close, http, _cursor=cursor)).status == 400
