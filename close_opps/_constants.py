@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from close_opps._version import __version__
 
-try:
-    VERSION = version("close-opps")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    VERSION = "0+unknown"
+VERSION = __version__
 
 USER_AGENT = f"close-opps/{VERSION}"
 

@@ -215,7 +215,8 @@ class DecodeError(CloseOppsError):
     def __str__(self) -> str:
         record = f" record {self.record_id!r}" if self.record_id else ""
         path = f" at {self.path}" if self.path else ""
-        return f"{self.provider}:{record}{path}: {self.message}"
+        where = f"{self.provider}:{record}{path}" if record or path else self.provider
+        return f"{where}: {self.message}"
 
 
 class PaginationError(CloseOppsError):

@@ -8,6 +8,7 @@ is a pure function or a method of a sans-I/O :class:`Dialect`, testable without 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import ipaddress
 import json
@@ -69,9 +70,26 @@ __all__ = [
     "path_segment",
     "retry_wait",
     "validate_base_url",
+    "validate_proxy_url",
 ]
 
 logger = logging.getLogger("close_opps.http")
+
+#: Set while :meth:`Transport.send` runs its retry loop, so that stamina's own
+#: ``stamina.retry_scheduled`` record for the same retry is dropped (ours says it once).
+_retrying: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "close_opps_retrying", default=False
+)
+
+
+class _OurRetries(logging.Filter):
+    """Drops stamina's retry records for retries this module already logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "stamina.retry_scheduled" and _retrying.get())
+
+
+logging.getLogger("stamina").addFilter(_OurRetries())
 
 _REQUEST_ID_HEADERS: Final = ("X-Request-Id", "Request-Id", "X-Amzn-RequestId")
 #: Unix times are this large; smaller reset values are relative seconds.
@@ -149,6 +167,17 @@ def validate_base_url(url: str) -> str:
     if parsed.query_string or parsed.fragment:
         raise ValueError(f"base_url must not have a query or fragment, got {url!r}")
     return str(parsed).rstrip("/")
+
+
+def validate_proxy_url(url: str) -> str:
+    """``url`` once it is an absolute ``http``/``https`` proxy URL (aiohttp's proxies)."""
+    parsed = yarl.URL(url)
+    if parsed.scheme not in {"http", "https"} or not parsed.host:
+        raise ValueError(
+            f"proxy must be an absolute http(s) URL such as http://proxy.example:3128, "
+            f"got {parsed.with_password('***') if parsed.password else url!r}"
+        )
+    return url
 
 
 def _query_value(value: Any) -> str:
@@ -557,8 +586,11 @@ def _same_origin(a: yarl.URL, b: yarl.URL) -> bool:
 class Transport:
     """Sends :class:`Request` s for one provider: auth, timeout, retries, errors, rate limits.
 
-    Uses the caller's :class:`aiohttp.ClientSession` when given one (and leaves it open), else
-    creates its own on first use and closes it in :meth:`aclose`.
+    Uses the caller's :class:`aiohttp.ClientSession` when given one (and leaves it open, its
+    own ``User-Agent`` included), else creates its own on first use, following the
+    environment's proxy settings (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``; never for a
+    loopback host), and closes it in :meth:`aclose`. ``proxy`` sends every request through
+    that proxy; ``user_agent`` is appended to the ``User-Agent`` header.
     """
 
     def __init__(
@@ -571,6 +603,8 @@ class Transport:
         timeout: float = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
+        proxy: str | None = None,
+        user_agent: str | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive: requests always time out")
@@ -587,6 +621,10 @@ class Transport:
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
         self.rate_limit: RateLimit | None = None
+        self.proxy = validate_proxy_url(proxy) if proxy is not None else None
+        if user_agent is not None and (not isinstance(user_agent, str) or not user_agent.strip()):
+            raise ValueError("user_agent must be a non-empty string")
+        self._user_agent = user_agent.strip() if user_agent else None
 
     @property
     def provider(self) -> str:
@@ -599,9 +637,15 @@ class Transport:
             await self._session.close()
             self._session = None
 
+    def _user_agent_for(self, session: aiohttp.ClientSession) -> str:
+        """The caller's session's ``User-Agent`` (else ours), then ``user_agent``."""
+        base = session.headers.get("User-Agent") or USER_AGENT
+        return f"{base} {self._user_agent}" if self._user_agent else base
+
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            host = yarl.URL(self.base_url).host or ""
+            self._session = aiohttp.ClientSession(trust_env=not _is_loopback(host))
         elif self._session.closed:
             raise TransportError("the aiohttp session is closed", provider=self.provider)
         return self._session
@@ -616,41 +660,51 @@ class Transport:
         """
         if not request.idempotent or not request.retry or self.max_retries == 0:
             return await self._send_once(request)
+        failures = 0
 
         def on_failure(exc: Exception) -> bool | float:
+            nonlocal failures
+            failures += 1
             decision = retry_wait(exc, max_wait=self.max_retry_wait)
-            if decision is not False:
-                wait = "with backoff" if decision is True else f"in {decision:.2f} s"
-                logger.warning(
-                    "%s: %s %s failed (%s), retrying %s",
-                    self.provider,
-                    request.method,
-                    request.path,
-                    _describe(exc),
-                    wait,
-                )
-            return decision
+            if decision is False or failures > self.max_retries:
+                return False  # the exception is the report: no log line
+            wait = _backoff(failures) if decision is True else decision
+            logger.info(
+                "%s: %s %s failed (%s); retrying in %.2f s (retry %d of %d)",
+                self.provider,
+                request.method,
+                request.path,
+                _describe(exc),
+                wait,
+                failures,
+                self.max_retries,
+            )
+            return wait
 
-        async for attempt in stamina.retry_context(
-            on=on_failure,
-            attempts=self.max_retries + 1,
-            timeout=None,
-            wait_initial=BACKOFF_INITIAL,
-            wait_max=BACKOFF_MAX,
-            wait_jitter=BACKOFF_JITTER,
-        ):
-            with attempt:
-                return await self._send_once(request)
+        token = _retrying.set(True)
+        try:
+            async for attempt in stamina.retry_context(
+                on=on_failure,
+                attempts=self.max_retries + 1,
+                timeout=None,
+                wait_initial=BACKOFF_INITIAL,
+                wait_max=BACKOFF_MAX,
+                wait_jitter=BACKOFF_JITTER,
+            ):
+                with attempt:
+                    return await self._send_once(request)
+        finally:
+            _retrying.reset(token)
         raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
 
     async def _send_once(self, request: Request) -> Response:
         url = request.url(self.base_url)
+        session = self._client()
         headers = {
             "Accept": "application/json",
-            "User-Agent": USER_AGENT,
+            "User-Agent": self._user_agent_for(session),
             **self.dialect.auth_headers(self._api_key),
         }
-        session = self._client()
         started = time.monotonic()
         try:
             for _ in range(MAX_REDIRECTS + 1):
@@ -660,6 +714,7 @@ class Transport:
                     headers=headers,
                     json=request.json,
                     allow_redirects=False,
+                    proxy=self.proxy,
                     raise_for_status=False,
                     timeout=aiohttp.ClientTimeout(total=self.timeout),
                 ) as resp:
@@ -713,10 +768,19 @@ class Transport:
         return Response(status=status, headers=resp_headers, data=data, size=len(body))
 
 
+def _backoff(failures: int) -> float:
+    """Exponential backoff with jitter before retry number ``failures`` (1-based)."""
+    jitter = random.uniform(0, BACKOFF_JITTER)  # noqa: S311 - not cryptographic
+    return float(min(BACKOFF_MAX, BACKOFF_INITIAL * 2.0 ** (failures - 1) + jitter))
+
+
 def _describe(exc: BaseException) -> str:
+    """What went wrong, once: ``HTTP 503``, ``timeout``, the connection error's own words."""
     if isinstance(exc, APIError):
         return f"HTTP {exc.status}"
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, (TimeoutError, APITimeoutError)):
         return "timeout"
+    if isinstance(exc, TransportError) and exc.__cause__ is not None:
+        return _describe(exc.__cause__)
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -17,7 +17,7 @@ import pytest
 
 from close_opps import GetrazeAdapter, IncompleteListingError, Opportunity
 from close_opps.paging import Pager
-from close_opps.sandbox import GetrazeOptions, RateLimit, Sandbox, VendorServer
+from close_opps.sandbox import GetrazeOptions, RateLimitPolicy, Sandbox, VendorServer
 from close_opps.sync import SyncError, SyncStore, sync
 
 RECORDS = 300
@@ -32,7 +32,7 @@ SWEEP = [(order, size) for order in (None, "-created_at") for size in range(1, 1
 
 def _sandbox(tie_seed: int = 1) -> Sandbox:
     options = GetrazeOptions(
-        records=RECORDS, tie_seed=tie_seed, rate_limit=RateLimit(limit=10**9, window=3600.0)
+        records=RECORDS, tie_seed=tie_seed, rate_limit=RateLimitPolicy(limit=10**9, window=3600.0)
     )
     return Sandbox(seed=3, vendors=["getraze"], getraze=options)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import abc
 import inspect
 import logging
+import os
+import re
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from contextlib import aclosing
 from datetime import datetime
@@ -34,7 +36,7 @@ from close_opps.http import Dialect, RateLimit, Request, Response, Secret, Trans
 from close_opps.model import Opportunity, OpportunityStatus
 from close_opps.paging import Page, Pager, PagingPolicy
 
-__all__ = ["BaseAdapter", "ListQuery", "Page", "StatusArg", "list_arguments"]
+__all__ = ["BaseAdapter", "ListQuery", "Page", "StatusArg", "api_key_env"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -44,6 +46,12 @@ logger = logging.getLogger("close_opps.adapters")
 
 #: What ``status=`` accepts: one status (or its value, ``"won"``) or several.
 StatusArg = OpportunityStatus | str | Iterable[OpportunityStatus | str] | None
+
+
+def api_key_env(provider: str) -> str:
+    """The environment variable an adapter reads its key from: ``CLOSE_API_KEY`` for
+    ``close``, ``ACME_CRM_API_KEY`` for ``acme-crm``."""
+    return re.sub(r"[^A-Z0-9]", "_", provider.upper()) + "_API_KEY"
 
 
 def _aware_or_none(name: str, value: datetime | None) -> datetime | None:
@@ -126,16 +134,10 @@ def _list_arguments(
     """The arguments of every listing (``list()``, ``pages()``, the hub's): defined once."""
 
 
-def list_arguments(fn: Callable[..., R]) -> Callable[..., R]:
-    """Give a listing method the one typed signature of the list arguments.
-
-    The method receives them as keyword arguments (pass them to ``ListQuery`` building);
-    type checkers and ``help()`` see the full signature.
-    """
-    return _with_signature(_list_arguments)(fn)
-
-
 def _with_signature(reference: Callable[P, Any]) -> Callable[[Callable[..., R]], Callable[P, R]]:
+    """Give a method taking ``**arguments`` the typed signature of ``reference`` (for type
+    checkers and ``help()``), so the list arguments are written once."""
+
     def decorate(fn: Callable[..., R]) -> Callable[P, R]:
         returns = inspect.signature(fn).return_annotation
         fn.__signature__ = inspect.signature(reference).replace(  # type: ignore[attr-defined]
@@ -157,7 +159,8 @@ class BaseAdapter(abc.ABC):
                 ...
 
     Args:
-        api_key: the provider's API key. Never shown in ``repr``, logs or errors.
+        api_key: the provider's API key. Never shown in ``repr``, logs or errors. Default:
+            the ``<PROVIDER>_API_KEY`` environment variable (``CLOSE_API_KEY``, ...).
         base_url: the API's root; ``https`` only, except for a loopback host.
         session: an :class:`aiohttp.ClientSession` to use (left open); by default the adapter
             creates one and closes it on exit.
@@ -168,6 +171,15 @@ class BaseAdapter(abc.ABC):
             :class:`~close_opps.RateLimitError` is raised at once, with ``retry_after``.
         page_size: records per page when ``list()`` is not told otherwise.
         concurrency: pages fetched at once when the provider tells the total up front.
+        proxy: an ``http(s)://`` proxy for every request. By default the adapter's own
+            session follows ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` (not for a loopback
+            host); a ``session`` you pass keeps its own settings.
+        user_agent: your application's product token (``"acme-sync/2.1"``), appended to
+            the ``User-Agent`` header. A ``User-Agent`` set on your ``session`` is kept.
+
+    Raises:
+        ValueError: no ``api_key`` and no ``<PROVIDER>_API_KEY`` variable (the message
+            names it), or an invalid option.
     """
 
     #: The provider's name, as in :attr:`Opportunity.provider`.
@@ -183,7 +195,7 @@ class BaseAdapter(abc.ABC):
 
     def __init__(
         self,
-        api_key: str,
+        api_key: str | None = None,
         *,
         base_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
@@ -192,6 +204,8 @@ class BaseAdapter(abc.ABC):
         max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
         page_size: int = DEFAULT_PAGE_SIZE,
         concurrency: int = DEFAULT_CONCURRENCY,
+        proxy: str | None = None,
+        user_agent: str | None = None,
     ) -> None:
         #: The largest page the server named when refusing a larger one (see
         #: :meth:`_learn_max_page_size`); it holds for the adapter's lifetime.
@@ -205,12 +219,27 @@ class BaseAdapter(abc.ABC):
         self._transport = Transport(
             dialect=self.dialect_class(),
             base_url=base_url or self.default_base_url,
-            api_key=Secret(api_key),
+            api_key=Secret(self._api_key_or_env(api_key)),
             session=session,
             timeout=timeout,
             max_retries=max_retries,
             max_retry_wait=max_retry_wait,
+            proxy=proxy,
+            user_agent=user_agent,
         )
+
+    @classmethod
+    def _api_key_or_env(cls, api_key: str | None) -> str:
+        if api_key is not None:
+            return api_key
+        variable = api_key_env(cls.provider)
+        key = os.environ.get(variable, "")
+        if not key.strip():
+            raise ValueError(
+                f"{cls.provider}: no API key: pass api_key=... or set the {variable} "
+                "environment variable"
+            )
+        return key
 
     # ------------------------------------------------------------------ the common interface
 

@@ -18,6 +18,7 @@ import aiohttp
 import attrs
 
 from close_opps._decoding import decode, make_converter
+from close_opps.adapters._close_webhooks import CloseWebhooksMixin
 from close_opps.adapters.base import BaseAdapter, ListQuery
 from close_opps.errors import DecodeError
 from close_opps.http import Dialect, ErrorFields, Request, Response, Secret, opt_str, path_segment
@@ -331,7 +332,7 @@ def _list_params(query: ListQuery, order: str) -> dict[str, Any]:
     return params
 
 
-class CloseAdapter(BaseAdapter):
+class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
     """Opportunities from Close.
 
     ``list()`` orders by ``date_created`` (oldest first: edits made while the listing runs

@@ -19,7 +19,7 @@ from ._common import STATE, VendorState
 from ._data import Deal, generate_deals
 from ._events import ALLOWED_FILTERS, EventListener, EventLog, ManualClock
 from ._faults import FAULTS, Fault, FaultConfig, FaultInjector, Latency, RecordedRequest
-from ._options import CloseOptions, GetrazeOptions, RateLimit, ReevoOptions
+from ._options import CloseOptions, GetrazeOptions, RateLimitPolicy, ReevoOptions
 from ._server import HOST, VENDORS, Sandbox, VendorName, VendorServer, serve_forever
 from .close import make_app as make_close_app
 from .getraze import make_app as make_getraze_app
@@ -41,7 +41,7 @@ __all__ = [
     "GetrazeOptions",
     "Latency",
     "ManualClock",
-    "RateLimit",
+    "RateLimitPolicy",
     "RecordedRequest",
     "ReevoOptions",
     "Sandbox",

@@ -17,7 +17,7 @@ from aiohttp import web
 from ._data import Deal, companies, generate_deals, new_deal
 from ._events import EventLog
 from ._faults import FAULTS, FaultInjector, FaultRenderer, fault_middleware
-from ._options import DEFAULT_RECORDS, RateLimit
+from ._options import DEFAULT_RECORDS, RateLimitPolicy
 
 __all__ = [
     "JSON",
@@ -60,7 +60,7 @@ class LimitStatus:
 class WindowLimiter:
     """Fixed windows aligned on multiples of ``window`` of ``clock()``, counted per key."""
 
-    def __init__(self, policy: RateLimit | None, clock: Callable[[], float]) -> None:
+    def __init__(self, policy: RateLimitPolicy | None, clock: Callable[[], float]) -> None:
         self.policy = policy
         self.clock = clock
         self._counts: dict[str, tuple[int, int]] = {}
@@ -72,7 +72,7 @@ class WindowLimiter:
     def hit(self, key: str) -> LimitStatus:
         """Count one request of ``key`` and say whether it is allowed."""
         now = self.clock()
-        policy = self.policy or RateLimit(limit=_NOMINAL_LIMIT, window=1.0)
+        policy = self.policy or RateLimitPolicy(limit=_NOMINAL_LIMIT, window=1.0)
         window = math.floor(now / policy.window)
         reset_at = (window + 1) * policy.window
         if self.policy is None:
@@ -529,7 +529,7 @@ def vendor_app(
         vendor=vendor,
         api_key=options.api_key,
         seed=seed,
-        deals=generate_deals(seed, count),
+        deals=generate_deals(seed, count, today=options.today),
         render=render,
         faults=faults,
         limiter=limiter,

@@ -42,8 +42,9 @@ __all__ = [
 ]
 
 JSON = dict[str, Any]
-#: Called with each event (a copy) as it is logged, and again when it is consolidated.
-EventListener = Callable[[JSON], None]
+#: Called with each event (a copy) as it is logged, and again when it is consolidated;
+#: what it returns is ignored.
+EventListener = Callable[[JSON], object]
 
 #: The filters ``GET /event/`` understands (``date_updated__*`` aside).
 EVENT_FILTERS: Final = ("object_type", "object_id", "action", "lead_id", "user_id", "request_id")

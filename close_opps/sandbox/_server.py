@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any, Final, Literal, Self, get_args
 
@@ -231,11 +231,13 @@ def _merge(
     records: int | None,
     latency: Latency | None,
     faults: FaultConfig | None,
-    clock: Clock | None,
+    clock: Clock | None = None,
+    today: date | None = None,
 ) -> Any:
     return attrs.evolve(
         options,
         clock=options.clock if options.clock is not None else clock,
+        today=options.today if options.today is not None else today,
         seed=options.seed if options.seed is not None else seed,
         records=options.records
         if options.records is not None
@@ -251,8 +253,10 @@ class Sandbox:
     ``async with Sandbox(seed=1) as sb:`` then ``sb.close.base_url`` /
     ``sb.close.api_key`` (likewise ``sb.getraze``, ``sb.reevo``). ``records``, ``latency``,
     ``faults`` and ``clock`` (what dates edits and Close's events; default the wall clock)
-    apply to every vendor whose options leave them unset. ``vendors`` picks
-    which emulators start; ``ports`` pins ports (0 or absent: a free one).
+    apply to every vendor whose options leave them unset. ``vendors`` picks which
+    emulators start; ``ports`` pins ports (0 or absent: a free one). The data is dated
+    relative to ``today`` (default: the current UTC date): the same ``seed`` and ``today``
+    give the same data.
     """
 
     def __init__(
@@ -269,6 +273,7 @@ class Sandbox:
         vendors: Iterable[VendorName] = VENDORS,
         ports: Mapping[str, int] | None = None,
         shutdown_timeout: float = 1.0,
+        today: date | None = None,
     ) -> None:
         chosen = tuple(dict.fromkeys(vendors))
         unknown = [name for name in chosen if name not in VENDORS]
@@ -286,7 +291,13 @@ class Sandbox:
         #: The options each vendor runs with, after applying the Sandbox-wide values.
         self.options: dict[VendorName, Any] = {
             name: _merge(
-                opts, seed=seed, records=records, latency=latency, faults=faults, clock=clock
+                opts,
+                seed=seed,
+                records=records,
+                latency=latency,
+                faults=faults,
+                clock=clock,
+                today=today,
             )
             for name, opts in given.items()
         }

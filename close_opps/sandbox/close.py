@@ -37,6 +37,7 @@ from ._data import Company, Deal, close_id, companies, format_close_money, rende
 from ._events import EventLog, EventQuery, InvalidEventQuery
 from ._faults import Fault, format_seconds, gateway_page
 from ._options import CloseOptions
+from .close_webhooks import install_webhooks
 
 __all__ = ["BASE_PATH", "delete_lead", "lead_record", "make_app", "merge_leads"]
 
@@ -612,4 +613,7 @@ def make_app(options: CloseOptions | None = None, *, seed: int = 0) -> web.Appli
         app.router.add_get(path, _list)
     for path in (f"{BASE_PATH}/opportunity/{{id}}/", f"{BASE_PATH}/opportunity/{{id}}"):
         app.router.add_get(path, _get)
+    hooks = install_webhooks(app, BASE_PATH, seed=app[STATE].seed)
+    # every event logged (and each consolidation of one) goes to the subscriptions
+    _event_log(app[STATE]).listeners.append(hooks.publish)
     return app

@@ -521,3 +521,34 @@ async def test_date_values_in_every_form_clients_send(
     assert len((await _events(close, http, date_updated__gte="2026-07-01")).json()["data"]) == 2
     for cursor in ("e30", "eyJ2IjoxLCJkIjoib2xkZXIiLCJrIjpbIngiLDFdLCJmIjoiIiwiYiI6W119"):
         assert (await _events(close, http, _cursor=cursor)).status == 400
+
+
+async def test_logged_events_are_published_to_webhook_subscriptions(
+    close: VendorServer, clock: ManualClock
+) -> None:
+    from close_opps.sandbox.close_webhooks import WEBHOOKS
+
+    hooks = close.app[WEBHOOKS]
+    hooks.create(
+        "http://127.0.0.1:9/hook",
+        [
+            {"object_type": "opportunity", "action": "updated"},
+            {"object_type": "opportunity", "action": "deleted"},
+        ],
+    )
+    published: list[str] = []
+    original = hooks.dispatcher.publish
+
+    def spy(event: Any) -> int:
+        published.append(event["id"])
+        return original(event)
+
+    hooks.dispatcher.publish = spy  # type: ignore[method-assign]
+    close.create()  # not subscribed to: published, delivered to no one
+    close.edit(close.ids[0], confidence=1)
+    clock.advance(seconds=1)
+    close.edit(close.ids[0], confidence=2)  # consolidated: the same event again
+    close.delete(close.ids[1])
+    assert hooks.dispatcher.pending == 3
+    ids = [e["id"] for e in reversed(close.events.events())]
+    assert published == [ids[0], ids[1], ids[1], ids[2]]

@@ -22,6 +22,7 @@ from close_opps.sandbox._common import STATE
 from close_opps.sandbox._data import (
     RANGE_END,
     RANGE_START,
+    REFERENCE_TODAY,
     render_close,
     render_getraze_detail,
     render_getraze_list,
@@ -92,7 +93,7 @@ def test_many_records_share_an_updated_timestamp(seed: int) -> None:
 
 
 def test_deals_are_realistic() -> None:
-    deals = generate_deals(0, 300)
+    deals = generate_deals(0, 300, today=REFERENCE_TODAY)
     assert {d.currency for d in deals} == {"USD", "EUR", "BRL", "GBP"}
     assert {d.status for d in deals} == {"open", "won", "lost"}
     assert "discarded" in {d.stage for d in deals}

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from close_opps.sandbox import GetrazeOptions, RateLimit, Sandbox
+from close_opps.sandbox import GetrazeOptions, RateLimitPolicy, Sandbox
 
 from ._support import Reply, call, getraze_case, load_fixture
 
@@ -169,7 +169,7 @@ async def test_missing_permission_is_403(http: aiohttp.ClientSession) -> None:
 
 async def test_hourly_limit_is_the_recorded_429(http: aiohttp.ClientSession) -> None:
     case = getraze_case("rate limit exceeded (key limited to 2 requests an hour)")
-    options = GetrazeOptions(rate_limit=RateLimit(limit=2, window=3600))
+    options = GetrazeOptions(rate_limit=RateLimitPolicy(limit=2, window=3600))
     async with Sandbox(vendors=["getraze"], getraze=options) as sb:
         replies = [await _get(sb, http, "/opportunities", limit=1) for _ in range(3)]
     assert [r.status for r in replies] == [200, 200, 429]
