@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import random
+import re
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -56,6 +58,24 @@ _UUID_FILTERS: Final = ("stage_id", "pipeline_id", "campaign_id", "owner_user_id
 #: Every query parameter the list reads as a filter; the server ignores all others.
 _FILTERS: Final = frozenset({*_UUID_FILTERS, "search", "company"})
 _LIST_FAILED: Final = "An error occurred while fetching opportunities"
+_BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+#: The rest of the recorded stack of a path that does not decode.
+_STACK: Final = "\n".join(
+    f"    at {frame}"
+    for frame in (
+        "decodeURIComponent (<anonymous>)",
+        "decode_param (<server-root>/backend/node_modules/express/lib/router/layer.js:172:12)",
+        "Layer.match (<server-root>/backend/node_modules/express/lib/router/layer.js:148:15)",
+        "matchLayer (<server-root>/backend/node_modules/express/lib/router/index.js:585:18)",
+        "next (<server-root>/backend/node_modules/express/lib/router/index.js:226:15)",
+        "Function.handle (<server-root>/backend/node_modules/express/lib/router/index.js:175:3)",
+        "router (<server-root>/backend/node_modules/express/lib/router/index.js:47:12)",
+        "Layer.handle [as handle_request] "
+        "(<server-root>/backend/node_modules/express/lib/router/layer.js:95:5)",
+        "trim_prefix (<server-root>/backend/node_modules/express/lib/router/index.js:328:13)",
+        "<server-root>/backend/node_modules/express/lib/router/index.js:286:9",
+    )
+)
 #: The random source that orders ties afresh on every request (``GetrazeOptions.tie_order``).
 _TIES: Final = web.AppKey("close_opps_sandbox_getraze_ties", random.Random)
 _MISSING_KEY: Final = (
@@ -177,7 +197,8 @@ async def _getraze_middleware(request: web.Request, handler: Handler) -> web.Str
             "RATE_LIMIT_EXCEEDED",
             f"Rate limit of {limit.limit} requests {_per(window)} exceeded. Try again later.",
             headers=headers,
-            retry_after=max(1, math.ceil(limit.reset_at - now)),
+            # seconds to the window's end, rounded down: 0 in its last second (recorded)
+            retry_after=max(0, math.floor(limit.reset_at - now)),
         )
     if _PERMISSION not in options.permissions:
         return _error(
@@ -360,8 +381,32 @@ async def _list(request: web.Request) -> web.StreamResponse:
     return state.list_response({"success": True, "data": RECORDS, "pagination": pagination}, data)
 
 
+def _undecodable(segment: str) -> bool:
+    """Whether JavaScript's ``decodeURIComponent`` throws on ``segment`` (a ``%`` without two
+    hex digits, or escapes that are not UTF-8)."""
+    if _BAD_ESCAPE.search(segment):
+        return True
+    try:
+        urllib.parse.unquote_to_bytes(segment).decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _decode_failure(segment: str) -> web.Response:
+    # Express fails before any route runs: its error handler sends message and stack
+    message = f"Failed to decode param '{segment}'"
+    return web.json_response(
+        {"success": False, "message": message, "stack": f"URIError: {message}\n{_STACK}"},
+        status=400,
+    )
+
+
 async def _get(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
+    segment = request.raw_path.partition("?")[0].rstrip("/").rpartition("/")[2]
+    if _undecodable(segment):
+        return _decode_failure(segment)
     raw = request.match_info["id"]
     try:
         record_id = str(uuid.UUID(raw))
