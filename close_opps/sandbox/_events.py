@@ -100,11 +100,14 @@ class ManualClock:
     """A clock a test moves by hand: ``clock()`` is the current (aware, UTC) time.
 
     Pass it as ``Sandbox(clock=...)`` (or an options' ``clock``) to age the Close event log,
-    or to date edits, without sleeping.
+    or to date edits, without sleeping. It starts at ``start`` (default: the current time,
+    as the seeded data is dated relative to today; with an earlier ``start``, pass the
+    Sandbox a matching ``today`` so that edits are newer than the seeded records).
     """
 
     def __init__(self, start: datetime | None = None) -> None:
-        start = start if start is not None else datetime(2026, 7, 1, tzinfo=UTC)
+        # default: now, like the seeded data (dated relative to today), so edits are newer
+        start = start if start is not None else datetime.now(UTC)
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
         self.now = start.astimezone(UTC)

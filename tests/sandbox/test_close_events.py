@@ -32,7 +32,9 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 async def close(clock: ManualClock) -> AsyncIterator[VendorServer]:
-    async with Sandbox(seed=5, records=40, vendors=["close"], clock=clock) as sb:
+    async with Sandbox(
+        seed=5, records=40, vendors=["close"], clock=clock, today=START.date()
+    ) as sb:
         yield sb.close
 
 
@@ -552,3 +554,17 @@ async def test_logged_events_are_published_to_webhook_subscriptions(
     assert hooks.dispatcher.pending == 3
     ids = [e["id"] for e in reversed(close.events.events())]
     assert published == [ids[0], ids[1], ids[1], ids[2]]
+
+
+def test_manual_clock() -> None:
+    before = datetime.now(UTC)
+    clock = ManualClock()  # starts now, as the seeded data is dated relative to today
+    assert before <= clock() <= datetime.now(UTC)
+    fixed = ManualClock(START)
+    assert fixed.advance(minutes=2) == fixed() == START.replace(minute=2)
+    with pytest.raises(ValueError, match="does not go back"):
+        fixed.advance(seconds=-1)
+    with pytest.raises(ValueError, match="aware"):
+        ManualClock(datetime(2026, 1, 1))
+    fixed.set(START)
+    assert fixed() == START
