@@ -45,6 +45,7 @@ async def _setup(
         records=records,
         vendors=[provider],  # type: ignore[list-item]
         clock=clock,
+        today=START.date(),
         getraze=getraze,
         close=close,
     ) as sb:
@@ -303,7 +304,9 @@ async def test_an_incomplete_listing_deletes_nothing(monkeypatch: pytest.MonkeyP
 
     options = GetrazeOptions(records=60, tie_order="shuffled", tie_seed=2)
     clock = ManualClock(START)
-    async with Sandbox(seed=3, vendors=["getraze"], getraze=options, clock=clock) as sb:
+    async with Sandbox(
+        seed=3, vendors=["getraze"], getraze=options, clock=clock, today=START.date()
+    ) as sb:
         server = sb.getraze
         async with connect(
             "getraze", api_key=server.api_key, base_url=server.base_url, page_size=20

@@ -41,6 +41,7 @@ async def _setup(
         records=records,
         vendors=[provider],  # type: ignore[list-item]
         clock=clock,
+        today=START.date(),
         getraze=getraze,
     ) as sb:
         server = sb[provider]
@@ -204,7 +205,9 @@ async def test_an_incomplete_listing_deletes_nothing(
     clock = ManualClock(START)
     options = GetrazeOptions(records=60, tie_order="shuffled", tie_seed=2)
     async with (
-        Sandbox(seed=3, vendors=["getraze"], getraze=options, clock=clock) as sb,
+        Sandbox(
+            seed=3, vendors=["getraze"], getraze=options, clock=clock, today=START.date()
+        ) as sb,
         connect(
             "getraze", api_key=sb.getraze.api_key, base_url=sb.getraze.base_url, page_size=20
         ) as getraze,

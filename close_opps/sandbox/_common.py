@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import attrs
 from aiohttp import web
 
-from ._data import Deal, generate_deals, new_deal
+from ._data import Deal, companies, generate_deals, new_deal
 from ._events import EventLog
 from ._faults import FAULTS, FaultInjector, FaultRenderer, fault_middleware
 from ._options import DEFAULT_RECORDS, RateLimitPolicy
@@ -101,6 +102,100 @@ def wall_now() -> datetime:
     return datetime.now(UTC)
 
 
+class Desc:
+    """A sort-key part that orders descending (inside an ascending key tuple)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Desc) and bool(self.value == other.value)
+
+    def __lt__(self, other: Desc) -> bool:
+        return bool(other.value < self.value)
+
+    def __gt__(self, other: Desc) -> bool:
+        return bool(other.value > self.value)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+#: Sorts after every record id: ``(key, _TOP)`` bounds the run of ``key``.
+_TOP: Final = "\U0010ffff"
+#: ``(deal, record as listed)``: what a view sees of a record.
+Entry = tuple[Deal, JSON]
+
+
+class Tally(Protocol):
+    """Totals a :class:`SortedView` keeps up to date with its records."""
+
+    def add(self, entry: Entry) -> None:
+        """Count a record in."""
+
+    def remove(self, entry: Entry) -> None:
+        """Count a record out."""
+
+
+class SortedView:
+    """The records matching ``match``, ordered by ``(key, id)``: an index, as a real
+    server's. Built once, then kept up to date by each change (a bisect and a list insert
+    or delete), so a listing read while the data changes costs the same per page.
+    """
+
+    def __init__(
+        self,
+        entries: Iterable[Entry],
+        *,
+        key: Callable[[Entry], Any],
+        match: Callable[[Entry], bool] | None = None,
+        tally: Tally | None = None,
+    ) -> None:
+        self.key = key
+        self.match = match
+        self.tally = tally
+        chosen = [e for e in entries if match is None or match(e)]
+        keyed = sorted(((key(e), str(e[1]["id"])), e[1]) for e in chosen)
+        self.keys: list[tuple[Any, str]] = [k for k, _record in keyed]
+        self.records: list[JSON] = [record for _k, record in keyed]
+        if tally is not None:
+            for entry in chosen:
+                tally.add(entry)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def discard(self, entry: Entry) -> None:
+        """Forget a record (as it was)."""
+        if self.match is not None and not self.match(entry):
+            return
+        wanted = (self.key(entry), str(entry[1]["id"]))
+        position = bisect.bisect_left(self.keys, wanted)
+        if position < len(self.keys) and self.keys[position] == wanted:
+            del self.keys[position]
+            del self.records[position]
+            if self.tally is not None:
+                self.tally.remove(entry)
+
+    def insert(self, entry: Entry) -> None:
+        """Take a record in (as it is now), if it matches."""
+        if self.match is not None and not self.match(entry):
+            return
+        wanted = (self.key(entry), str(entry[1]["id"]))
+        position = bisect.bisect_left(self.keys, wanted)
+        self.keys.insert(position, wanted)
+        self.records.insert(position, entry[1])
+        if self.tally is not None:
+            self.tally.add(entry)
+
+    def run(self, position: int) -> tuple[int, int]:
+        """``(start, end)`` of the records sharing the sort key of ``records[position]``."""
+        key = self.keys[position][0]
+        start = bisect.bisect_left(self.keys, (key,))
+        return start, bisect.bisect_left(self.keys, (key, _TOP), lo=start)
+
+
 class VendorState:
     """One vendor's served data and machinery (kept in the app under :data:`STATE`).
 
@@ -145,6 +240,8 @@ class VendorState:
         self._rows: dict[str, tuple[Deal, JSON]] = {}
         self.details: dict[str, JSON] = {}
         self._cache: OrderedDict[Hashable, Any] = OrderedDict()
+        #: Sorted views kept up to date across changes (a small LRU).
+        self._views: OrderedDict[Hashable, SortedView] = OrderedDict()
         #: (kind, id) -> (the record it was derived from, the derived value).
         self._derived: dict[tuple[str, str], tuple[JSON, Any]] = {}
         self._kinds: set[str] = set()
@@ -186,6 +283,29 @@ class VendorState:
         self._derived[key] = (record, value)
         return value
 
+    def entries(self) -> list[Entry]:
+        """``(deal, record as listed)`` of every record, in :attr:`records` order."""
+        return self.cached("entries", lambda: list(self._rows.values()))
+
+    def view(self, key: Hashable, build: Callable[[], SortedView]) -> SortedView:
+        """The sorted view ``key``, built by ``build()`` the first time and then kept up to
+        date by every change (never rebuilt while it stays among the last 32 used)."""
+        found = self._views.get(key)
+        if found is not None:
+            self._views.move_to_end(key)
+            return found
+        made = self._views[key] = build()
+        while len(self._views) > 32:
+            self._views.popitem(last=False)
+        return made
+
+    def _changed(self, old: Entry | None, new: Entry | None) -> None:
+        for view in self._views.values():
+            if old is not None:
+                view.discard(old)
+            if new is not None:
+                view.insert(new)
+
     def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
         """``compute()``, memoised per data version (a small LRU)."""
         full_key = (self.version, key)
@@ -218,11 +338,23 @@ class VendorState:
         deal = new_deal(self.seed, self.take_index(), self.now())
         if fields:
             deal = attrs.evolve(deal, **fields)
+        if "company" not in fields and self.deleted_leads:
+            deal = self._on_a_live_lead(deal)
         listed, detail = self.add(deal)
         if self.events is not None:
             request = self.events.request("POST", f"{self.base_path}/opportunity/")
             self.events.opportunity_created(detail, request)
         return listed
+
+    def _on_a_live_lead(self, deal: Deal) -> Deal:
+        """``deal``, moved to the next company whose Close lead was not deleted."""
+        everyone = companies(self.seed)
+        start = deal.company.index
+        for step in range(len(everyone)):
+            candidate = attrs.evolve(deal, company=everyone[(start + step) % len(everyone)])
+            if self.render(self.seed, candidate)[0].get("lead_id") not in self.deleted_leads:
+                return candidate
+        raise ValueError("every lead was deleted: pass company= to create()")
 
     def edit(self, record_id: str, **changes: Any) -> JSON:
         """Change fields of a record as a user editing it in the CRM now: like
@@ -272,6 +404,7 @@ class VendorState:
         chosen = list(self._rows) if record_ids is None else list(record_ids)
         for record_id in chosen:
             self.replace_deal(record_id, bump=False, **changes)
+        self._views.clear()  # a bulk change: rebuilt on the next read
         self._bump()
 
     def remove(self, record_id: str) -> None:
@@ -306,6 +439,7 @@ class VendorState:
         self._check_lead(listed)
         self._rows[listed["id"]] = (deal, listed)
         self.details[listed["id"]] = detail
+        self._changed(None, (deal, listed))
         self._bump()
         return listed, detail
 
@@ -313,20 +447,23 @@ class VendorState:
         self, record_id: str, *, bump: bool = True, **changes: Any
     ) -> tuple[JSON, JSON]:
         """Evolve the deal behind ``record_id``; ``(detail before, detail after)``."""
-        deal = attrs.evolve(self._rows[record_id][0], **changes)
+        old = self._rows[record_id]
+        deal = attrs.evolve(old[0], **changes)
         listed, detail = self.render(self.seed, deal)
         self._check_lead(listed)
         before = self.details[record_id]
         self._rows[record_id] = (deal, listed)
         self.details[record_id] = detail
         if bump:
+            self._changed(old, (deal, listed))
             self._bump()
         return before, detail
 
     def drop(self, record_id: str) -> JSON:
         """Drop the record; its detail as it was."""
-        del self._rows[record_id]
+        old = self._rows.pop(record_id)
         before = self.details.pop(record_id)
+        self._changed(old, None)
         for kind in self._kinds:
             self._derived.pop((kind, record_id), None)
         self._bump()

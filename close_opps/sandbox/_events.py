@@ -21,6 +21,7 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -41,8 +42,9 @@ __all__ = [
 ]
 
 JSON = dict[str, Any]
-#: Called with each event (a copy) as it is logged, and again when it is consolidated.
-EventListener = Callable[[JSON], None]
+#: Called with each event (a copy) as it is logged, and again when it is consolidated;
+#: what it returns is ignored.
+EventListener = Callable[[JSON], object]
 
 #: The filters ``GET /event/`` understands (``date_updated__*`` aside).
 EVENT_FILTERS: Final = ("object_type", "object_id", "action", "lead_id", "user_id", "request_id")
@@ -77,6 +79,7 @@ _DATE_OPS: Final[Mapping[str, Callable[[datetime, datetime], bool]]] = {
 }
 #: Fields whose change alone fires no ``opportunity`` ``updated`` event (docs 1.7: the
 #: currency is an organisation-wide setting; ``value_formatted`` follows it).
+_OFFSET_SPACE: Final = re.compile(r" (\d{2}:?\d{2})$")
 _SILENT_FIELDS: Final = frozenset({"value_currency", "value_formatted"})
 
 
@@ -97,11 +100,14 @@ class ManualClock:
     """A clock a test moves by hand: ``clock()`` is the current (aware, UTC) time.
 
     Pass it as ``Sandbox(clock=...)`` (or an options' ``clock``) to age the Close event log,
-    or to date edits, without sleeping.
+    or to date edits, without sleeping. It starts at ``start`` (default: the current time,
+    as the seeded data is dated relative to today; with an earlier ``start``, pass the
+    Sandbox a matching ``today`` so that edits are newer than the seeded records).
     """
 
     def __init__(self, start: datetime | None = None) -> None:
-        start = start if start is not None else datetime(2026, 7, 1, tzinfo=UTC)
+        # default: now, like the seeded data (dated relative to today), so edits are newer
+        start = start if start is not None else datetime.now(UTC)
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
         self.now = start.astimezone(UTC)
@@ -173,7 +179,8 @@ class EventQuery:
             text = query.get(name, "")
             if text:
                 try:
-                    value = datetime.fromisoformat(text.strip().replace(" ", "+"))
+                    # an unencoded "+" of an offset arrives as a space
+                    value = datetime.fromisoformat(_OFFSET_SPACE.sub(r"+\1", text.strip()))
                 except ValueError:
                     raise InvalidEventQuery(f"{name}: not a valid date/time.") from None
                 value = value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -227,7 +234,7 @@ class _Cursor:
                 digest=str(payload["f"]),
                 dates={k: datetime.fromisoformat(v) for k, v in payload["b"].items()},
             )
-        except (ValueError, KeyError, TypeError, IndexError, binascii.Error):
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, binascii.Error):
             raise InvalidEventQuery("Invalid cursor.") from None
 
 
@@ -246,7 +253,8 @@ class EventLog:
     ``id`` and newer ``date_updated``, when a later change is consolidated into it): the
     hook for webhook delivery. ``retention`` is how long events are kept,
     ``consolidation`` how soon after an ``updated`` event's creation another update of the
-    same object merges into it.
+    same object merges into it. A status change also logs a ``created`` event of a
+    status-change activity (``status_change_type``; the docs give two names for it).
     """
 
     def __init__(
@@ -257,8 +265,11 @@ class EventLog:
         retention: timedelta = timedelta(days=30),
         consolidation: timedelta = timedelta(seconds=3),
         deleted_data: Literal["null", "empty"] = "null",
+        status_change_type: str | None = "status_change.opportunity",
     ) -> None:
         self.seed = seed
+        #: The object type of the activity event a status change adds (``None``: none).
+        self.status_change_type = status_change_type
         self.clock = clock
         self.retention = retention
         self.consolidation = consolidation
@@ -298,8 +309,9 @@ class EventLog:
         return self._log("opportunity", record, "created", dict(record), {}, [], request)
 
     def opportunity_updated(self, before: JSON, after: JSON, request: Request) -> JSON | None:
-        """Log ``opportunity`` ``updated`` (consolidated into a recent one when there is one);
-        ``None`` when nothing that fires an event changed."""
+        """Log ``opportunity`` ``updated`` (consolidated into a recent one when there is one)
+        and, for a status change, the status-change activity; ``None`` when nothing that
+        fires an event changed."""
         changed = sorted(
             key
             for key in before.keys() | after.keys()
@@ -309,7 +321,30 @@ class EventLog:
         if not changed or (rest and rest <= _SILENT_FIELDS):
             return None
         previous = {key: before.get(key) for key in changed}
-        return self._log("opportunity", after, "updated", dict(after), previous, changed, request)
+        event = self._log("opportunity", after, "updated", dict(after), previous, changed, request)
+        if self.status_change_type is not None and "status_id" in changed:
+            self._status_change(self.status_change_type, before, after, request)
+        return event
+
+    def _status_change(self, object_type: str, before: JSON, after: JSON, request: Request) -> None:
+        """The status-change activity Close writes beside the opportunity's own event."""
+        number = next(self._sequence)
+        activity = {
+            "id": close_id(self.seed, "acti", number),
+            "_type": "OpportunityStatusChange",
+            "opportunity_id": after["id"],
+            "lead_id": after.get("lead_id"),
+            "organization_id": self.organization_id,
+            "user_id": self.user_id,
+            "old_status_id": before.get("status_id"),
+            "old_status_label": before.get("status_label"),
+            "old_status_type": before.get("status_type"),
+            "new_status_id": after.get("status_id"),
+            "new_status_label": after.get("status_label"),
+            "new_status_type": after.get("status_type"),
+            "date_created": after.get("date_updated"),
+        }
+        self._log(object_type, activity, "created", activity, {}, [], request)
 
     def opportunity_deleted(self, before: JSON, request: Request) -> JSON:
         """Log ``opportunity`` ``deleted``: ``data`` null (or ``{}``), the whole object in

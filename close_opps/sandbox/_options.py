@@ -60,7 +60,10 @@ class CloseOptions:
     (``non_admin_hidden``) are null on events older than ``non_admin_window`` (an hour).
     ``merge_form``: how a lead merge shows a moved opportunity (undocumented):
     ``"update"`` (``updated`` with ``lead_id`` changed) or ``"recreate"`` (``deleted``, then
-    ``created`` under a new id on the destination lead). ``clock`` (default: the wall
+    ``created`` under a new id on the destination lead). A status change also logs a
+    status-change activity ``created`` event of object type ``status_change_type`` (the
+    docs name it ``status_change.opportunity`` and ``activity.opportunity_status_change``;
+    ``None``: no such event). ``clock`` (default: the wall
     clock) dates edits and events; a :class:`~close_opps.sandbox.ManualClock` ages the log.
     """
 
@@ -79,6 +82,9 @@ class CloseOptions:
     non_admin_window: timedelta = timedelta(hours=1)
     non_admin_hidden: tuple[str, ...] = ("data", "previous_data")
     merge_form: Literal["update", "recreate"] = "update"
+    status_change_type: (
+        Literal["status_change.opportunity", "activity.opportunity_status_change"] | None
+    ) = "status_change.opportunity"
     latency: Latency | None = None
     faults: FaultConfig | None = None
     seed: int | None = None

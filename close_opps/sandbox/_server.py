@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any, Final, Literal, Self, get_args
 
@@ -94,7 +94,9 @@ class VendorServer:
     @property
     def ids(self) -> list[str]:
         """The ids of :attr:`records`, in seed order."""
-        return [str(record["id"]) for record in self.state.records]
+        state = self.state
+        ids = state.cached("ids", lambda: [str(record["id"]) for record in state.records])
+        return list(ids)
 
     def record(self, record_id: str) -> JSON:
         """The record as ``get`` serves it (``KeyError`` if unknown)."""
@@ -197,6 +199,13 @@ class VendorServer:
         self.faults.push(*faults)
 
     @property
+    def on_request(self) -> list[Callable[[RecordedRequest], None]]:
+        """Callables run with each request as it arrives, before it is answered (given the
+        :class:`RecordedRequest`): change the data there to edit while a sync runs, at a
+        chosen page, without timing games."""
+        return self.faults.on_request
+
+    @property
     def request_count(self) -> int:
         """Requests this vendor has received (faulted ones included)."""
         return self.faults.request_count
@@ -222,18 +231,13 @@ def _merge(
     records: int | None,
     latency: Latency | None,
     faults: FaultConfig | None,
-    clock: Clock | None,
+    clock: Clock | None = None,
     today: date | None = None,
 ) -> Any:
-    chosen_clock = options.clock if options.clock is not None else clock
-    chosen_today = options.today if options.today is not None else today
-    if chosen_today is None and chosen_clock is not None:
-        # a clock of its own dates the data too: seeded records lie before its "now"
-        chosen_today = chosen_clock().astimezone(UTC).date()
     return attrs.evolve(
         options,
-        clock=chosen_clock,
-        today=chosen_today,
+        clock=options.clock if options.clock is not None else clock,
+        today=options.today if options.today is not None else today,
         seed=options.seed if options.seed is not None else seed,
         records=options.records
         if options.records is not None
@@ -249,10 +253,10 @@ class Sandbox:
     ``async with Sandbox(seed=1) as sb:`` then ``sb.close.base_url`` /
     ``sb.close.api_key`` (likewise ``sb.getraze``, ``sb.reevo``). ``records``, ``latency``,
     ``faults`` and ``clock`` (what dates edits and Close's events; default the wall clock)
-    apply to every vendor whose options leave them unset. ``vendors`` picks
-    which emulators start; ``ports`` pins ports (0 or absent: a free one). The data is
-    dated relative to ``today`` (default: the clock's date, i.e. the current UTC date
-    unless a ``clock`` is given): the same ``seed`` and ``today`` give the same data.
+    apply to every vendor whose options leave them unset. ``vendors`` picks which
+    emulators start; ``ports`` pins ports (0 or absent: a free one). The data is dated
+    relative to ``today`` (default: the current UTC date): the same ``seed`` and ``today``
+    give the same data.
     """
 
     def __init__(

@@ -14,7 +14,7 @@ import base64
 import binascii
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import attrs
 from aiohttp import web
@@ -24,6 +24,9 @@ from ._common import (
     JSON,
     RECORDS,
     STATE,
+    Desc,
+    Entry,
+    SortedView,
     VendorState,
     WindowLimiter,
     monotonic_clock,
@@ -113,12 +116,6 @@ def _row(record: JSON) -> _Row:
             record["annualized_expected_value"] or 0,
         ),
     )
-
-
-def _rows(state: VendorState) -> list[_Row]:
-    """Every record with its parsed dates and money; a record is parsed once (until it
-    changes), so an edit costs one parse, not one per record."""
-    return state.cached("rows", lambda: [state.derived("row", r, _row) for r in state.records])
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -299,53 +296,78 @@ def _sort_value(row: _Row, name: str) -> Any:
     return row.record[name]
 
 
-def _sorted(rows: list[_Row], order: Sequence[tuple[str, bool]]) -> list[_Row]:
-    result = sorted(rows, key=lambda row: str(row.record["id"]))
-    for name, descending in reversed(order):
+def _order_key(
+    state: VendorState, order: Sequence[tuple[str, bool]]
+) -> Callable[[Entry], tuple[Any, ...]]:
+    """The ``_order_by`` terms as one ascending key (nulls last ascending, first
+    descending); the view breaks ties by id ascending."""
 
-        def key(row: _Row, n: str = name) -> tuple[int, Any]:
-            value = _sort_value(row, n)
-            return (1, 0) if value is None else (0, value)
+    def key(entry: Entry) -> tuple[Any, ...]:
+        row = state.derived("row", entry[1], _row)
+        parts: list[Any] = []
+        for name, descending in order:
+            value = _sort_value(row, name)
+            part = (1, 0) if value is None else (0, value)
+            parts.append(Desc(part) if descending else part)
+        return tuple(parts)
 
-        result.sort(key=key, reverse=descending)
-    return result
+    return key
 
 
-def _aggregates(rows: list[_Row]) -> JSON:
-    counts = dict.fromkeys(_PERIODS, 0)
-    totals = dict.fromkeys(_PERIODS, 0)
-    expected = dict.fromkeys(_PERIODS, 0)
-    total_annualized = expected_annualized = 0
-    for period, value, expected_value, annualized, annualized_expected in (r.money for r in rows):
-        counts[period] = counts.get(period, 0) + 1
-        totals[period] = totals.get(period, 0) + value
-        expected[period] = expected.get(period, 0) + expected_value
-        total_annualized += annualized
-        expected_annualized += annualized_expected
+class _Totals:
+    """The value aggregates of a listing, kept up to date as records come and go."""
 
-    def money(cents: int) -> str:
-        return format_close_money(cents, "USD")
+    def __init__(self, state: VendorState) -> None:
+        self.state = state
+        self.counts = dict.fromkeys(_PERIODS, 0)
+        self.totals = dict.fromkeys(_PERIODS, 0)
+        self.expected = dict.fromkeys(_PERIODS, 0)
+        self.total_annualized = 0
+        self.expected_annualized = 0
 
-    return {
-        "count_by_value_period": counts,
-        "expected_value_annual": expected["annual"],
-        "expected_value_annual_formatted": money(expected["annual"]),
-        "expected_value_annualized": expected_annualized,
-        "expected_value_annualized_formatted": money(expected_annualized),
-        "expected_value_monthly": expected["monthly"],
-        "expected_value_monthly_formatted": money(expected["monthly"]),
-        "expected_value_one_time": expected["one_time"],
-        "expected_value_one_time_formatted": money(expected["one_time"]),
-        "total_results": len(rows),
-        "total_value_annual": totals["annual"],
-        "total_value_annual_formatted": money(totals["annual"]),
-        "total_value_annualized": total_annualized,
-        "total_value_annualized_formatted": money(total_annualized),
-        "total_value_monthly": totals["monthly"],
-        "total_value_monthly_formatted": money(totals["monthly"]),
-        "total_value_one_time": totals["one_time"],
-        "total_value_one_time_formatted": money(totals["one_time"]),
-    }
+    def _apply(self, entry: Entry, sign: int) -> None:
+        period, value, expected_value, annualized, annualized_expected = self.state.derived(
+            "row", entry[1], _row
+        ).money
+        self.counts[period] = self.counts.get(period, 0) + sign
+        self.totals[period] = self.totals.get(period, 0) + sign * value
+        self.expected[period] = self.expected.get(period, 0) + sign * expected_value
+        self.total_annualized += sign * annualized
+        self.expected_annualized += sign * annualized_expected
+
+    def add(self, entry: Entry) -> None:
+        self._apply(entry, 1)
+
+    def remove(self, entry: Entry) -> None:
+        self._apply(entry, -1)
+
+    def as_json(self, total: int) -> JSON:
+        """Close's aggregate keys, formatted in USD."""
+        expected, totals = self.expected, self.totals
+
+        def money(cents: int) -> str:
+            return format_close_money(cents, "USD")
+
+        return {
+            "count_by_value_period": dict(self.counts),
+            "expected_value_annual": expected["annual"],
+            "expected_value_annual_formatted": money(expected["annual"]),
+            "expected_value_annualized": self.expected_annualized,
+            "expected_value_annualized_formatted": money(self.expected_annualized),
+            "expected_value_monthly": expected["monthly"],
+            "expected_value_monthly_formatted": money(expected["monthly"]),
+            "expected_value_one_time": expected["one_time"],
+            "expected_value_one_time_formatted": money(expected["one_time"]),
+            "total_results": total,
+            "total_value_annual": totals["annual"],
+            "total_value_annual_formatted": money(totals["annual"]),
+            "total_value_annualized": self.total_annualized,
+            "total_value_annualized_formatted": money(self.total_annualized),
+            "total_value_monthly": totals["monthly"],
+            "total_value_monthly_formatted": money(totals["monthly"]),
+            "total_value_one_time": totals["one_time"],
+            "total_value_one_time_formatted": money(totals["one_time"]),
+        }
 
 
 def _project(record: JSON, fields: frozenset[str] | None) -> JSON:
@@ -393,12 +415,21 @@ async def _list(request: web.Request) -> web.StreamResponse:
         ),
     )
 
-    def compute() -> tuple[list[JSON], JSON]:
-        ordered = state.cached(("sorted", order), lambda: _sorted(_rows(state), order))
-        matched = [row for row in ordered if all(p(row) for p in predicates)]
-        return [row.record for row in matched], _aggregates(matched)
+    def build() -> SortedView:
+        def match(entry: Entry) -> bool:
+            row = state.derived("row", entry[1], _row)
+            return all(p(row) for p in predicates)
 
-    records, aggregates = state.cached(cache_key, compute)
+        return SortedView(
+            state.entries(),
+            key=_order_key(state, order),
+            match=match if predicates else None,
+            tally=_Totals(state),
+        )
+
+    view = state.view(cache_key, build)
+    records = view.records
+    aggregates = cast("_Totals", view.tally).as_json(len(records))
     fields = _fields(request)
     page = records[skip : skip + limit]
     body: JSON = {"data": RECORDS, "has_more": skip + len(page) < len(records)}
@@ -570,6 +601,7 @@ def make_app(options: CloseOptions | None = None, *, seed: int = 0) -> web.Appli
             retention=options.event_retention,
             consolidation=options.consolidation,
             deleted_data=options.deleted_data,
+            status_change_type=options.status_change_type,
         ),
         base_path=BASE_PATH,
     )
@@ -581,5 +613,7 @@ def make_app(options: CloseOptions | None = None, *, seed: int = 0) -> web.Appli
         app.router.add_get(path, _list)
     for path in (f"{BASE_PATH}/opportunity/{{id}}/", f"{BASE_PATH}/opportunity/{{id}}"):
         app.router.add_get(path, _get)
-    install_webhooks(app, BASE_PATH, seed=app[STATE].seed)
+    hooks = install_webhooks(app, BASE_PATH, seed=app[STATE].seed)
+    # every event logged (and each consolidation of one) goes to the subscriptions
+    _event_log(app[STATE]).listeners.append(hooks.publish)
     return app

@@ -32,7 +32,9 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 async def close(clock: ManualClock) -> AsyncIterator[VendorServer]:
-    async with Sandbox(seed=5, records=40, vendors=["close"], clock=clock) as sb:
+    async with Sandbox(
+        seed=5, records=40, vendors=["close"], clock=clock, today=START.date()
+    ) as sb:
         yield sb.close
 
 
@@ -148,6 +150,51 @@ async def test_a_currency_only_change_logs_nothing(
     assert (await _events(close, http)).json()["data"] == []
     close.update(target, confidence=(close.deal(target).confidence + 1) % 100)
     assert len((await _events(close, http)).json()["data"]) == 1
+
+
+def _other_status(server: VendorServer, record_id: str) -> dict[str, Any]:
+    deal = server.deal(record_id)
+    if deal.status == "open":
+        return {"status": "won", "stage": "won", "confidence": 100}
+    return {"status": "open", "stage": "proposal", "confidence": 60, "closed_at": None}
+
+
+async def test_a_status_change_also_logs_its_activity(
+    close: VendorServer, http: aiohttp.ClientSession
+) -> None:
+    target = close.ids[2]
+    before = close.record(target)
+    after = close.edit(target, **_other_status(close, target))
+    events = (await _events(close, http)).json()["data"]
+    assert [(e["object_type"], e["action"]) for e in events] == [
+        ("status_change.opportunity", "created"),
+        ("opportunity", "updated"),
+    ]
+    activity = events[0]["data"]
+    assert activity["opportunity_id"] == target == events[1]["object_id"]
+    assert (activity["old_status_id"], activity["new_status_id"]) == (
+        before["status_id"],
+        after["status_id"],
+    )
+    assert events[0]["lead_id"] == after["lead_id"]
+    # a client that asks for opportunity events only never sees it
+    only = (await _events(close, http, object_type="opportunity", action="updated")).json()
+    assert [e["object_id"] for e in only["data"]] == [target]
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("activity.opportunity_status_change", 2), (None, 1)],
+)
+async def test_the_status_change_activity_has_either_name_or_none(
+    http: aiohttp.ClientSession, kind: Any, expected: int
+) -> None:
+    options = CloseOptions(status_change_type=kind)
+    async with Sandbox(seed=5, records=10, vendors=["close"], close=options) as sb:
+        sb.close.edit(sb.close.ids[0], **_other_status(sb.close, sb.close.ids[0]))
+        events = sb.close.events.events()
+    assert len(events) == expected
+    assert {e["object_type"] for e in events} == {"opportunity", *([kind] if kind else [])}
 
 
 async def test_touch_update_and_remove_log_too(
@@ -350,6 +397,15 @@ async def test_deleting_a_lead_logs_a_deletion_per_opportunity(
         close.create(company=company)  # no record may point at a deleted lead
 
 
+async def test_new_records_go_to_leads_that_were_not_deleted(close: VendorServer) -> None:
+    deleted = close.lead_ids()
+    for lead in deleted:
+        close.delete_lead(lead)
+    assert close.ids == []
+    created = [close.create()["lead_id"] for _ in range(30)]
+    assert not set(created) & set(deleted)
+
+
 @pytest.mark.parametrize("form", ["update", "recreate"])
 async def test_merging_leads(http: aiohttp.ClientSession, form: str) -> None:
     options = CloseOptions(merge_form=form)  # type: ignore[arg-type]
@@ -417,3 +473,98 @@ async def test_create_edit_delete_on_every_vendor(http: aiohttp.ClientSession) -
         assert fetched.json()["data"]["created_at"] == "2026-07-01 11:00:00+00"
         with pytest.raises(ValueError, match="index"):
             sb.reevo.create(index=3)
+
+
+async def test_changes_made_while_a_listing_runs(http: aiohttp.ClientSession) -> None:
+    # on_request runs before the request is answered: the third page already sees the edit
+    async with Sandbox(seed=5, records=30, vendors=["close"]) as sb:
+        close = sb.close
+        target = close.ids[-1]
+        gone = close.ids[0]
+
+        def edit_on_third_page(request: Any) -> None:
+            if request.path.endswith("/opportunity/") and request.query.get("_skip") == "20":
+                close.edit(target, note="edited mid-listing")
+                close.delete(gone)
+
+        close.on_request.append(edit_on_third_page)
+        pages = []
+        for skip in (0, 10, 20):
+            reply = await call(
+                http,
+                "GET",
+                f"{close.base_url}/opportunity/",
+                headers=close.auth_headers,
+                params={"_skip": skip, "_limit": 10, "_order_by": "date_created"},
+            )
+            pages.append(reply.json())
+        assert pages[0]["total_results"] == pages[1]["total_results"] == 30
+        assert pages[2]["total_results"] == 29
+        assert [e["action"] for e in close.events.events()] == ["deleted", "updated"]
+        assert close.requests[-1].query["_skip"] == "20"
+
+
+async def test_date_values_in_every_form_clients_send(
+    close: VendorServer, http: aiohttp.ClientSession, clock: ManualClock
+) -> None:
+    close.delete(close.ids[0])
+    clock.advance(hours=2)
+    close.delete(close.ids[0])
+    for value in (
+        "2026-07-01T10:00:00",  # tap-closeio
+        "2026-07-01T10:00:00.000000+0000",  # Airbyte's %Y-%m-%dT%H:%M:%S.%f%z
+        "2026-07-01T10:00:00+00:00",
+        "2026-07-01 10:00:00",
+        "2026-07-01T12:00:00 02:00",  # an unencoded "+" arrives as a space
+    ):
+        reply = await _events(close, http, date_updated__gte=value)
+        assert reply.status == 200, value
+        assert len(reply.json()["data"]) == 1, value
+    assert len((await _events(close, http, date_updated__gte="2026-07-01")).json()["data"]) == 2
+    for cursor in ("e30", "eyJ2IjoxLCJkIjoib2xkZXIiLCJrIjpbIngiLDFdLCJmIjoiIiwiYiI6W119"):
+        assert (await _events(close, http, _cursor=cursor)).status == 400
+
+
+async def test_logged_events_are_published_to_webhook_subscriptions(
+    close: VendorServer, clock: ManualClock
+) -> None:
+    from close_opps.sandbox.close_webhooks import WEBHOOKS
+
+    hooks = close.app[WEBHOOKS]
+    hooks.create(
+        "http://127.0.0.1:9/hook",
+        [
+            {"object_type": "opportunity", "action": "updated"},
+            {"object_type": "opportunity", "action": "deleted"},
+        ],
+    )
+    published: list[str] = []
+    original = hooks.dispatcher.publish
+
+    def spy(event: Any) -> int:
+        published.append(event["id"])
+        return original(event)
+
+    hooks.dispatcher.publish = spy  # type: ignore[method-assign]
+    close.create()  # not subscribed to: published, delivered to no one
+    close.edit(close.ids[0], confidence=1)
+    clock.advance(seconds=1)
+    close.edit(close.ids[0], confidence=2)  # consolidated: the same event again
+    close.delete(close.ids[1])
+    assert hooks.dispatcher.pending == 3
+    ids = [e["id"] for e in reversed(close.events.events())]
+    assert published == [ids[0], ids[1], ids[1], ids[2]]
+
+
+def test_manual_clock() -> None:
+    before = datetime.now(UTC)
+    clock = ManualClock()  # starts now, as the seeded data is dated relative to today
+    assert before <= clock() <= datetime.now(UTC)
+    fixed = ManualClock(START)
+    assert fixed.advance(minutes=2) == fixed() == START.replace(minute=2)
+    with pytest.raises(ValueError, match="does not go back"):
+        fixed.advance(seconds=-1)
+    with pytest.raises(ValueError, match="aware"):
+        ManualClock(datetime(2026, 1, 1))
+    fixed.set(START)
+    assert fixed() == START
