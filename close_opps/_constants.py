@@ -30,3 +30,8 @@ MAX_REDIRECTS = 5
 OFFLOAD_BYTES = 64 * 1024
 #: Statuses that mean "try again later" for a read.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Response bodies nested deeper than this (objects and lists) are refused with DecodeError.
+MAX_JSON_DEPTH = 64
+#: JSON integers with more digits than this are refused with DecodeError (parsing a long
+#: integer costs more than linear time).
+MAX_JSON_INT_DIGITS = 100

@@ -13,16 +13,16 @@ after which ``close_opps.connect("acme", api_key=...)`` works. See ``docs/adapte
 from __future__ import annotations
 
 import importlib
-import logging
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Final
 
+from close_opps._redact import get_logger
 from close_opps.adapters.base import BaseAdapter
 
 __all__ = ["ENTRY_POINT_GROUP", "adapter_class", "connect", "providers"]
 
-logger = logging.getLogger("close_opps.registry")
+logger = get_logger("close_opps.registry")
 
 #: The entry-point group third-party adapters register in.
 ENTRY_POINT_GROUP: Final = "close_opps.adapters"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import builtins
-import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import aclosing
 from datetime import datetime
@@ -29,6 +28,7 @@ from close_opps._constants import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_TIMEOUT,
 )
+from close_opps._redact import get_logger
 from close_opps.http import Dialect, RateLimit, Request, Response, Secret, Transport
 from close_opps.model import Opportunity, OpportunityStatus
 
@@ -36,7 +36,7 @@ __all__ = ["BaseAdapter", "ListQuery", "Page", "StatusArg"]
 
 T = TypeVar("T")
 
-logger = logging.getLogger("close_opps.adapters")
+logger = get_logger("close_opps.adapters")
 
 #: What ``status=`` accepts: one status (or its value, ``"won"``) or several.
 StatusArg = OpportunityStatus | str | Iterable[OpportunityStatus | str] | None

@@ -7,7 +7,6 @@ maximum ``_skip``.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from contextlib import aclosing
@@ -20,6 +19,7 @@ import attrs
 
 from close_opps._decoding import decode, make_converter
 from close_opps._paging import fetch_in_order
+from close_opps._redact import get_logger
 from close_opps.adapters.base import BaseAdapter, ListQuery, Page
 from close_opps.errors import DecodeError, InvalidRequestError, PaginationError
 from close_opps.http import Dialect, Request, Secret, path_segment
@@ -27,7 +27,7 @@ from close_opps.model import Contact, Money, Opportunity, OpportunityStatus, Ref
 
 __all__ = ["CloseAdapter", "CloseDialect", "CloseOpportunity", "close_to_opportunity"]
 
-logger = logging.getLogger("close_opps.close")
+logger = get_logger("close_opps.close")
 
 PROVIDER: Final = "close"
 
@@ -49,7 +49,8 @@ _RESUMABLE_ORDER: Final = {"date_updated": "date_updated", "date_created": "date
 #: one place back: offset pages would skip one.)
 _DEFAULT_ORDER: Final = "date_created"
 _LIST_PARAMS_OWNED: Final = frozenset({"_skip", "_limit", "_order_by", "_group_by", "_fields"})
-_NUMBER = re.compile(r"(\d+)")
+#: A number in an error message (at most 12 digits: a longer one is no usable maximum).
+_NUMBER = re.compile(r"(?<!\d)(\d{1,12})(?!\d)")
 
 
 class CloseDialect(Dialect):
@@ -192,7 +193,7 @@ def _skip_limit(error: InvalidRequestError) -> int | bool:
     text = error.message.lower()
     if "skip" not in text:
         return False
-    found = re.search(r"max_skip\s*=\s*(\d+)", text) or _NUMBER.search(text)
+    found = re.search(r"max_skip\s*=\s*(\d{1,12})(?!\d)", text) or _NUMBER.search(text)
     return int(found.group(1)) if found else True
 
 
@@ -201,7 +202,7 @@ def _page_size_limit(error: InvalidRequestError) -> int | None:
     text = error.message.lower()
     if "limit" not in text or "skip" in text:
         return None
-    found = re.search(r"max_limit\s*=\s*(\d+)", text) or _NUMBER.search(text)
+    found = re.search(r"max_limit\s*=\s*(\d{1,12})(?!\d)", text) or _NUMBER.search(text)
     return int(found.group(1)) if found and int(found.group(1)) > 0 else None
 
 

@@ -11,7 +11,6 @@ the mapping table, and for what ``updated_since`` and ``status`` cost.
 from __future__ import annotations
 
 import functools
-import logging
 import math
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from contextlib import aclosing
@@ -23,6 +22,7 @@ import attrs
 
 from close_opps._decoding import decode, make_converter
 from close_opps._paging import fetch_in_order
+from close_opps._redact import get_logger
 from close_opps.adapters.base import BaseAdapter, ListQuery, Page
 from close_opps.errors import (
     APIError,
@@ -54,7 +54,7 @@ __all__ = [
     "getraze_to_opportunity",
 ]
 
-logger = logging.getLogger("close_opps.getraze")
+logger = get_logger("close_opps.getraze")
 
 PROVIDER: Final = "getraze"
 
@@ -148,7 +148,7 @@ def _seconds(value: Any) -> float | None:
         return None
     try:
         seconds = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number; an integer too large for a float
         return None
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 

@@ -38,6 +38,7 @@ from ._runtime import (
     progress,
     resolve_targets,
     run,
+    scrub,
     usage_error,
 )
 
@@ -334,7 +335,7 @@ async def _list(
                         total = page.total if limit is None else min(page.total, limit)
                         bar.update(task, total=total)
                     for opp in page.items:
-                        writer.write(opp)
+                        writer.write(scrub(opp))
                     bar.advance(task, len(page.items))
     writer.finish()
 
@@ -379,10 +380,10 @@ def get(
     )
     chosen = fmt or (render.RecordFormat.TABLE if sys.stdout.isatty() else None)
     if chosen is render.RecordFormat.TABLE:
-        render.print_record(opp)
+        render.print_record(scrub(opp))
     else:
         writer = render.make_writer(render.OutputFormat.JSONL, raw=raw)
-        writer.write(opp)
+        writer.write(scrub(opp))
         writer.finish()
 
 
