@@ -51,8 +51,8 @@ class Answer:
     delay: float = 0.0
 
 
-def json_answer(data: Any, status: int = 200, **headers: str) -> Answer:
-    return Answer(status=status, body=json.dumps(data).encode(), headers=headers)
+def json_answer(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Answer:
+    return Answer(status=status, body=json.dumps(data).encode(), headers=dict(headers or {}))
 
 
 class HostileServer:

@@ -85,7 +85,7 @@ def spoil(provider: str, value: Any) -> Any:
         return close_record(confidence="__X__")
     if provider == "getraze":
         return getraze_record(probability="__X__")
-    stage = {"id": "s1", "display_value": "Q", "closing_probability": "40", "expected_days": "__X__"}
+    stage = {"id": "s1", "closing_probability": "40", "expected_days": "__X__"}
     return reevo_record(stage={"value": stage, "value_type": "opportunity_stage"})
 
 
@@ -236,7 +236,7 @@ async def test_timestamps_at_the_edge_of_the_calendar(
 async def test_unreadable_rate_limit_headers_never_lose_a_page(
     server: HostileServer, headers: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    server.answer = json_answer(close_record(), **headers)
+    server.answer = json_answer(close_record(), headers=headers)
     with caplog.at_level(logging.DEBUG, logger="close_opps.http"):
         async with server.adapter("close") as adapter:
             opp = await adapter.get("oppo_1")
@@ -264,7 +264,7 @@ ECHOES = [
     json_answer({"error": {"code": KEY, "message": f"Bearer {KEY}"}}, status=500),
     Answer(status=401, body=f"<html><p>Authorization: Basic {BASIC}</p></html>".encode()),
     json_answer({"detail": [{"loc": ["body", KEY], "msg": BASIC}]}, status=422),
-    json_answer({"error": "nope"}, 401, **{"X-Request-Id": KEY, "X-Echo": f"Basic {BASIC}"}),
+    json_answer({"error": "nope"}, 401, {"X-Request-Id": KEY, "X-Echo": f"Basic {BASIC}"}),
     Answer(status=200, body=f"not json: {KEY} {BASIC}".encode()),
 ]
 
@@ -283,7 +283,7 @@ async def test_echoed_credentials_are_redacted_from_errors(
 
 
 async def test_authentication_error_code_and_request_id(server: HostileServer) -> None:
-    answer = json_answer({"error": KEY, "message": "x"}, 401, **{"X-Request-Id": KEY})
+    answer = json_answer({"error": KEY, "message": "x"}, 401, {"X-Request-Id": KEY})
     error = await get_error(server, "reevo", answer)
     assert isinstance(error, AuthenticationError)
     assert error.code == "***"
@@ -316,7 +316,8 @@ async def test_a_field_holding_the_key_is_not_quoted(
         record = reevo_record(display_name={"value": 1, "value_type": "string"})
         record["created_at"] = form
     else:  # the parser's own message quotes the value it could not read
-        record = RECORDS[provider](**{"date_updated" if provider == "close" else "updated_at": form})
+        field = "date_updated" if provider == "close" else "updated_at"
+        record = RECORDS[provider](**{field: form})
     error = await get_error(server, provider, json_answer(one_body(provider, record)))
     assert isinstance(error, DecodeError)
     assert leaks(everything_said(error)) == []
@@ -384,7 +385,7 @@ async def test_aclose_with_a_request_in_flight(server: HostileServer, provider: 
     adapter = server.adapter(provider, max_retries=4)
     before = server.requests
     fetch = asyncio.ensure_future(adapter.get("x"))
-    while server.requests == before:
+    while server.requests == before:  # noqa: ASYNC110 - a counter of the server's thread
         await asyncio.sleep(0.01)
     await adapter.aclose()
     with pytest.raises(ClientClosedError):
@@ -402,8 +403,9 @@ async def test_leaving_a_hub_while_listing(server: HostileServer) -> None:
         listing = hub.list()
         await listing.__anext__()
     await listing.aclose()
+    await asyncio.sleep(0.1)  # requests sent before the close reach the server's thread
     before = server.requests
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.3)
     assert server.requests == before
     assert adapters[0]._transport.closed
 
