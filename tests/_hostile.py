@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import threading
+import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -33,6 +34,15 @@ ADAPTERS: dict[str, type[BaseAdapter]] = {
     "reevo": ReevoAdapter,
 }
 BASE_PATHS = {"close": "/api/v1", "getraze": "/external/v1", "reevo": "/api/v2"}
+
+
+def everything_said(exc: BaseException) -> str:
+    """Every string an error shows: str, repr, the whole traceback with its causes, and the
+    vendor fields."""
+    parts = [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
+    for name in ("code", "request_id", "body", "headers", "record_id", "path", "field_errors"):
+        parts.append(repr(getattr(exc, name, None)))
+    return "\n".join(parts)
 
 
 def leaks(text: str) -> list[str]:

@@ -10,7 +10,6 @@ import asyncio
 import gc
 import logging
 import time
-import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +38,7 @@ from tests._hostile import (
     Answer,
     HostileServer,
     close_record,
+    everything_said,
     getraze_record,
     json_answer,
     leaks,
@@ -56,15 +56,6 @@ BOUND = 2.0
 def server() -> Iterator[HostileServer]:
     with HostileServer() as running:
         yield running
-
-
-def everything_said(exc: BaseException) -> str:
-    """Every string an error shows: str, repr, the whole traceback with its causes, and the
-    vendor fields."""
-    parts = [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
-    for name in ("code", "request_id", "body", "headers", "record_id", "path", "field_errors"):
-        parts.append(repr(getattr(exc, name, None)))
-    return "\n".join(parts)
 
 
 async def get_error(server: HostileServer, provider: str, answer: Answer) -> CloseOppsError:
@@ -475,3 +466,52 @@ async def test_a_watermark_at_the_start_of_the_calendar(
         async with server.adapter("close") as adapter:
             reports = await sync([adapter], store)
     assert reports["close"].total == 1
+
+
+# ------------------------------------------------------------------- the command line
+
+
+def cli(server: HostileServer, *args: str) -> Any:
+    from tests.test_cli import invoke
+
+    return invoke([*args, "--base-url", server.base_url("close"), "--api-key", KEY])
+
+
+@pytest.mark.parametrize("answer", ECHOES)
+def test_cli_error_line_shows_no_key(server: HostileServer, answer: Answer) -> None:
+    server.answer = answer
+    result = cli(server, "get", "close", "oppo_1", "--retries", "0")
+    assert result.exit_code == 1
+    assert len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert leaks(result.output + result.stderr) == []
+
+
+def test_cli_list_with_a_bad_record_is_one_error_line(server: HostileServer) -> None:
+    records = [close_record(id=f"oppo_{i}") for i in range(300)]
+    records[150]["note"] = "__X__"
+    server.answer = raw_answer(list_body("close", records), '"\\ud800"')
+    result = cli(server, "list", "close", "--format", "jsonl", "--retries", "0")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert result.stderr.startswith("close-opps: error: close:")
+    assert len(result.stderr.splitlines()) == 1
+    assert "surrogate" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["table", "jsonl", "csv"])
+def test_cli_prints_hostile_text_harmlessly(server: HostileServer, fmt: str) -> None:
+    name = f"[/x] \x1b[2J\u202e {KEY} Basic {BASIC}"
+    server.answer = json_answer(list_body("close", [close_record(lead_name=name)]))
+    result = cli(server, "list", "close", "--format", fmt, "--retries", "0")
+    assert result.exit_code == 0, result.output
+    assert leaks(result.stdout) == []
+    if fmt != "csv":  # CSV is data for a file: its text is written as received
+        assert "\x1b" not in result.stdout
+    if fmt == "table":
+        assert "[/x]" in result.stdout
+    server.answer = json_answer(close_record(lead_name=name))
+    result = cli(server, "get", "close", "oppo_1", "--format", "table", "--retries", "0")
+    assert result.exit_code == 0, result.output
+    assert leaks(result.stdout) == []
+    assert "\x1b" not in result.stdout
