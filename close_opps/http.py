@@ -748,8 +748,16 @@ class Transport:
                     location = resp.headers.get("Location")
                 if not (300 <= status < 400 and location):
                     break
-                target = url.join(yarl.URL(location))
-                if not _same_origin(url, target):
+                try:
+                    target = url.join(yarl.URL(location))
+                    same_origin = _same_origin(url, target)
+                except ValueError:  # "http://[::1", a port out of range, ...
+                    raise TransportError(
+                        f"{request.method} {request.path} was redirected to an unreadable "
+                        f"location ({_snippet(location, 80)!r}); not followed",
+                        provider=self.provider,
+                    ) from None
+                if not same_origin:
                     raise TransportError(
                         f"{request.method} {request.path} was redirected to another origin "
                         f"({target.scheme}://{target.host}); not followed, so the API key is not "

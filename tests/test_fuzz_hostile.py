@@ -103,6 +103,7 @@ HEADER_NAMES = [
     "X-Request-Id",
     "Request-Id",
     "Content-Type",
+    "Location",
 ]
 HEADER_VALUES = st.one_of(
     st.sampled_from(
@@ -124,6 +125,9 @@ HEADER_VALUES = st.one_of(
             f"Basic {BASIC}",
             f"Bearer {KEY}",
             "text/html",
+            "http://[::1",
+            "http://127.0.0.1:99999/",
+            "/api/v1/opportunity/oppo_1/",
         ]
     ),
     st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20),
@@ -194,7 +198,7 @@ def bodies(draw: st.DrawFn, provider: str, operation: str) -> bytes:
 
 @st.composite
 def answers(draw: st.DrawFn, provider: str, operation: str) -> Answer:
-    status = draw(st.sampled_from([200] * 9 + [400, 401, 403, 404, 422, 429, 500, 503]))
+    status = draw(st.sampled_from([200] * 9 + [302, 400, 401, 403, 404, 422, 429, 500, 503]))
     headers = draw(st.dictionaries(st.sampled_from(HEADER_NAMES), HEADER_VALUES, max_size=3))
     return Answer(status=status, body=draw(bodies(provider, operation)), headers=headers)
 

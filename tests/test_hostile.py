@@ -27,6 +27,7 @@ from close_opps import (
     OpportunityHub,
     ReevoAdapter,
     ServerError,
+    TransportError,
 )
 from close_opps.http import RateLimit, parse_rate_limit, parse_retry_after
 from close_opps.sandbox import Sandbox
@@ -515,3 +516,27 @@ def test_cli_prints_hostile_text_harmlessly(server: HostileServer, fmt: str) -> 
     assert result.exit_code == 0, result.output
     assert leaks(result.stdout) == []
     assert "\x1b" not in result.stdout
+
+
+# --------------------------------------------------------------------- siblings found
+
+
+@pytest.mark.parametrize(
+    "location", ["http://[::1", "http://127.0.0.1:99999/", "http://[zz]/", "mailto:x"]
+)
+async def test_an_unreadable_redirect_is_a_transport_error(
+    server: HostileServer, location: str
+) -> None:
+    error = await get_error(server, "close", Answer(status=302, headers={"Location": location}))
+    assert isinstance(error, TransportError)
+
+
+@pytest.mark.parametrize("message", ["max_skip=" + "9" * 5000, "_limit at most " + "9" * 5000])
+async def test_a_huge_maximum_in_an_error_message(server: HostileServer, message: str) -> None:
+    server.answer = json_answer({"error": message}, status=400)
+    async with server.adapter("close") as adapter:
+        with pytest.raises(CloseOppsError):
+            [opp async for opp in adapter.list()]
+    async with server.adapter("reevo") as adapter:
+        with pytest.raises(CloseOppsError):
+            [opp async for opp in adapter.list(page_size=500)]
