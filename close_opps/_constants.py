@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from close_opps._version import __version__
 
-try:
-    VERSION = version("close-opps")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    VERSION = "0+unknown"
+VERSION = __version__
 
 USER_AGENT = f"close-opps/{VERSION}"
 
@@ -30,6 +27,19 @@ MAX_REDIRECTS = 5
 OFFLOAD_BYTES = 64 * 1024
 #: Statuses that mean "try again later" for a read.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: A listing whose pages bring nothing new this many times in a row (and for at least this
+#: many records) while the server says more follow is stopped with PaginationError.
+NO_PROGRESS_PAGES = 3
+NO_PROGRESS_RECORDS = 50
+#: Re-reads allowed to find records that moved between pages (ties in the sort key): this
+#: many per page of the window's first pass, plus a fixed allowance.
+REREAD_BUDGET_FACTOR = 2
+REREAD_BUDGET_MIN = 40
+#: Whole passes read again when a listing still has fewer records than the server's total.
+FULL_REREADS = 1
+#: A wait the server names below this many seconds is raised to it (plus jitter): a wait
+#: that ends just before the server's window turns would meet another 429.
+MIN_SERVER_WAIT = 1.0
 #: Response bodies nested deeper than this (objects and lists) are refused with DecodeError.
 MAX_JSON_DEPTH = 64
 #: JSON integers with more digits than this are refused with DecodeError (parsing a long

@@ -11,11 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_origin
 
 import attrs
 import cattrs
-from cattrs.cols import is_mapping, is_sequence, list_structure_factory, mapping_structure_factory
+from cattrs.cols import (
+    homogenous_tuple_structure_factory,
+    is_mapping,
+    is_sequence,
+    list_structure_factory,
+    mapping_structure_factory,
+)
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from close_opps._redact import safe_cause
@@ -167,6 +173,13 @@ def _must_be(kind: type, noun: str, inner: Any) -> Any:
     return hook
 
 
+def _sequence_factory(cls: Any, converter: cattrs.Converter) -> Any:
+    """``tuple[X, ...]`` fields become tuples (a frozen record stays immutable), others lists."""
+    if get_origin(cls) is tuple or cls is tuple:
+        return homogenous_tuple_structure_factory(cls, converter)
+    return list_structure_factory(cls, converter)
+
+
 def make_converter() -> cattrs.Converter:
     """A converter for vendor records: strict primitives, exact money, aware datetimes.
 
@@ -188,7 +201,7 @@ def make_converter() -> cattrs.Converter:
     )
     converter.register_structure_hook_factory(
         is_sequence,
-        lambda cls: _must_be(list, "a list", list_structure_factory(cls, converter)),
+        lambda cls: _must_be(list, "a list", _sequence_factory(cls, converter)),
     )
     converter.register_structure_hook_factory(
         is_mapping,

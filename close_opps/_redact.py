@@ -62,29 +62,41 @@ def forms_of(key: str) -> tuple[str, ...]:
     return tuple(sorted((f for f in forms if len(f) >= _MIN_FORM), key=len, reverse=True))
 
 
-def _rebuild() -> None:
-    global _all_forms
-    forms = {form for group in _forms_by_token.values() for form in group}
-    _all_forms = tuple(sorted(forms, key=len, reverse=True))
+def _own_forms(key: str) -> tuple[str, ...]:
+    """What :meth:`Secret.redact` replaces: :func:`forms_of`, and the raw key however short
+    (asked explicitly, a short key is redacted; everywhere else it would mangle text)."""
+    return tuple(sorted({key, *forms_of(key)}, key=len, reverse=True))
+
+
+#: Tokens of keys whose owner is gone, dropped at the next registration. A finalizer only
+#: appends here: it may run during a garbage collection inside :func:`register`, which holds
+#: the lock (taking it there would deadlock).
+_dead: list[int] = []
 
 
 def _unregister(token: int) -> None:
-    with _lock:
-        _forms_by_token.pop(token, None)
-        _rebuild()
+    _dead.append(token)
 
 
 def register(owner: object, key: str) -> tuple[str, ...]:
-    """Redact ``key``'s forms everywhere for as long as ``owner`` lives; returns the forms."""
-    global _next_token
+    """Redact ``key``'s forms everywhere for as long as ``owner`` lives; returns the forms
+    ``owner`` redacts itself (the raw key included, however short).
+
+    (The forms of a key whose owner is gone are dropped at the next registration: until then
+    they are still redacted, which is harmless.)
+    """
+    global _next_token, _all_forms
     forms = forms_of(key)
     with _lock:
+        while _dead:
+            _forms_by_token.pop(_dead.pop(), None)
         token = _next_token
         _next_token += 1
         _forms_by_token[token] = forms
-        _rebuild()
+        every = {form for group in list(_forms_by_token.values()) for form in group}
+        _all_forms = tuple(sorted(every, key=len, reverse=True))
     weakref.finalize(owner, _unregister, token)
-    return forms
+    return _own_forms(key)
 
 
 def redact(text: str, forms: tuple[str, ...] | None = None) -> str:

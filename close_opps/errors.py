@@ -37,6 +37,7 @@ __all__ = [
     "DecodeError",
     "EndpointNotFoundError",
     "IncompleteListingError",
+    "InvalidArgumentError",
     "InvalidRequestError",
     "MassDeletionError",
     "NotFoundError",
@@ -138,6 +139,11 @@ class InvalidRequestError(APIError):
 
     Attributes:
         field_errors: the vendor's per-field messages, ``{"field": "message"}``, when sent.
+        max_page_size: the largest page the server serves, when the error names it.
+        offset_too_large: the request's offset (Close's ``_skip``) is past what the server
+            serves.
+        max_offset: the largest offset the server serves, when the error names it.
+        cursor_invalid: the request's cursor is invalid or expired.
     """
 
     def __init__(
@@ -145,10 +151,18 @@ class InvalidRequestError(APIError):
         message: str,
         *,
         field_errors: Mapping[str, str] | None = None,
+        max_page_size: int | None = None,
+        offset_too_large: bool = False,
+        max_offset: int | None = None,
+        cursor_invalid: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(message, **kwargs)
         self.field_errors: Mapping[str, str] = redact_data(dict(field_errors or {}))
+        self.max_page_size = max_page_size
+        self.offset_too_large = offset_too_large
+        self.max_offset = max_offset
+        self.cursor_invalid = cursor_invalid
 
 
 class RateLimitError(APIError):
@@ -214,7 +228,8 @@ class DecodeError(CloseOppsError):
     def __str__(self) -> str:
         record = f" record {self.record_id!r}" if self.record_id else ""
         path = f" at {self.path}" if self.path else ""
-        return f"{self.provider}:{record}{path}: {self.message}"
+        where = f"{self.provider}:{record}{path}" if record or path else self.provider
+        return f"{where}: {self.message}"
 
 
 class PaginationError(CloseOppsError):
@@ -249,6 +264,13 @@ class MassDeletionError(CloseOppsError):
         super().__init__(message, provider=provider)
         self.would_delete = would_delete
         self.known = known
+
+
+class InvalidArgumentError(CloseOppsError, ValueError):
+    """An argument the provider cannot take (a malformed id), refused before any request.
+
+    Also a :class:`ValueError`, like every other invalid argument.
+    """
 
 
 class WebhookSignatureError(CloseOppsError):

@@ -8,13 +8,16 @@ is a pure function or a method of a sans-I/O :class:`Dialect`, testable without 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import ipaddress
 import json
+import logging
 import math
+import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar, Final
@@ -36,6 +39,7 @@ from close_opps._constants import (
     MAX_JSON_DEPTH,
     MAX_JSON_INT_DIGITS,
     MAX_REDIRECTS,
+    MIN_SERVER_WAIT,
     OFFLOAD_BYTES,
     RETRYABLE_STATUSES,
     USER_AGENT,
@@ -46,6 +50,7 @@ from close_opps.errors import (
     APITimeoutError,
     ClientClosedError,
     DecodeError,
+    EndpointNotFoundError,
     InvalidRequestError,
     RateLimitError,
     ServerError,
@@ -61,15 +66,35 @@ __all__ = [
     "Response",
     "Secret",
     "Transport",
+    "decipher_response",
     "error_location",
+    "opt_str",
+    "parse_json",
     "parse_rate_limit",
     "parse_retry_after",
     "path_segment",
     "retry_wait",
     "validate_base_url",
+    "validate_proxy_url",
 ]
 
 logger = get_logger("close_opps.http")
+
+#: Set while :meth:`Transport.send` runs its retry loop, so that stamina's own
+#: ``stamina.retry_scheduled`` record for the same retry is dropped (ours says it once).
+_retrying: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "close_opps_retrying", default=False
+)
+
+
+class _OurRetries(logging.Filter):
+    """Drops stamina's retry records for retries this module already logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "stamina.retry_scheduled" and _retrying.get())
+
+
+logging.getLogger("stamina").addFilter(_OurRetries())
 
 _REQUEST_ID_HEADERS: Final = ("X-Request-Id", "Request-Id", "X-Amzn-RequestId")
 #: Unix times are this large; smaller reset values are relative seconds.
@@ -155,6 +180,17 @@ def validate_base_url(url: str) -> str:
     return str(parsed).rstrip("/")
 
 
+def validate_proxy_url(url: str) -> str:
+    """``url`` once it is an absolute ``http``/``https`` proxy URL (aiohttp's proxies)."""
+    parsed = yarl.URL(url)
+    if parsed.scheme not in {"http", "https"} or not parsed.host:
+        raise ValueError(
+            f"proxy must be an absolute http(s) URL such as http://proxy.example:3128, "
+            f"got {parsed.with_password('***') if parsed.password else url!r}"
+        )
+    return url
+
+
 def _query_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -185,6 +221,8 @@ class Request:
     params: Mapping[str, Any] = attrs.field(factory=dict)
     json: Any = None
     idempotent: bool = attrs.field(default=attrs.Factory(_default_idempotent, takes_self=True))
+    #: ``False``: send once, whatever the answer (a request that no retry can mend).
+    retry: bool = True
 
     def url(self, base_url: str) -> yarl.URL:
         """The absolute URL of this request, its encoding preserved exactly."""
@@ -202,6 +240,8 @@ class Response:
     status: int
     headers: Mapping[str, str]
     data: Any
+    #: The body's length in bytes (a large page is decoded off the event loop).
+    size: int = 0
 
 
 # ----------------------------------------------------------------------- reading responses
@@ -349,12 +389,17 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     return _relative(_number(_first(headers, "X-Rate-Limit-Reset")), now)
 
 
-def retry_wait(exc: BaseException, *, max_wait: float) -> bool | float:
+def retry_wait(
+    exc: BaseException, *, max_wait: float, jitter: Callable[[], float] = random.random
+) -> bool | float:
     """The retry policy for a failed read, as a stamina backoff hook.
 
     ``False``: do not retry. ``True``: retry after exponential backoff with jitter. A number:
-    retry after exactly that many seconds, as the server asked. A server wait above
-    ``max_wait`` is not slept: the error is raised at once.
+    retry after that many seconds, as the server asked. A server wait above ``max_wait`` is
+    not slept: the error is raised at once. A server wait below one second is raised to one
+    second plus up to half a second of jitter (``jitter()`` gives a number in [0, 1)): a
+    wait that ends just before the server's window turns would meet another 429, and
+    clients told "0" must not come back all at once.
     """
     if isinstance(exc, TransportError):
         return True
@@ -363,28 +408,51 @@ def retry_wait(exc: BaseException, *, max_wait: float) -> bool | float:
             return True
         if exc.retry_after > max_wait:
             return False
+        if exc.retry_after < MIN_SERVER_WAIT:
+            return MIN_SERVER_WAIT + jitter() * MIN_SERVER_WAIT / 2
         return exc.retry_after
     return False
 
 
 @attrs.frozen(kw_only=True)
 class ErrorFields:
-    """What a vendor's error body says, in vendor-neutral form."""
+    """What a vendor's error body says, in vendor-neutral form.
+
+    Besides the code and message, a dialect reads the limits a server names when it refuses
+    a request, so that the pager acts on them without reading messages itself:
+
+    Attributes:
+        max_page_size: the largest page the server serves, when it named it.
+        offset_too_large: the request's offset (Close's ``_skip``) is past what the server
+            serves, whether or not it named the maximum.
+        max_offset: the largest offset the server serves, when it named it.
+        cursor_invalid: the request's cursor is invalid or expired; start again.
+        record_missing: the error says that the requested record does not exist (not that the
+            route is unknown).
+    """
 
     code: str | None = None
     message: str | None = None
     field_errors: Mapping[str, str] = attrs.field(factory=dict)
     retry_after: float | None = None
+    max_page_size: int | None = None
+    offset_too_large: bool = False
+    max_offset: int | None = None
+    cursor_invalid: bool = False
+    record_missing: bool = False
 
 
 class Dialect:
     """How one provider speaks HTTP: auth header, error bodies, envelopes.
 
-    Sans-I/O: every method is a pure function of a response's parts. A provider subclasses it
-    and overrides what differs; the defaults understand the common error body forms
-    (``{"error": "…"}``, ``{"error": {"code", "message"}}``, ``{"error": "code",
-    "message": "…"}``, ``{"detail": "…"}``, ``{"detail": {"code", "message"}}``, a validation
-    list ``{"detail": [{"loc", "msg"}]}``, ``{"errors": […], "field-errors": {…}}``).
+    Sans-I/O: every method is a pure function of a response's parts. Each provider subclasses
+    it with the error body forms its API sends (:meth:`error_fields`); the base class knows
+    none, and reads a text body as the message.
+
+    A 404 is a :class:`~close_opps.NotFoundError` only when the dialect recognizes the
+    vendor's "no such record" answer (:attr:`ErrorFields.record_missing`); any other 404 is an
+    :class:`~close_opps.EndpointNotFoundError`, so that a wrong base URL is never taken to mean
+    that a record was deleted.
     """
 
     #: The provider's name, as in :attr:`close_opps.Opportunity.provider`.
@@ -401,51 +469,7 @@ class Dialect:
         if isinstance(data, str):
             text = data.strip()
             return ErrorFields(message=_snippet(text) if text else None)
-        if not isinstance(data, Mapping):
-            return ErrorFields()
-        detail = data.get("detail")
-        if isinstance(detail, Mapping):  # {"detail": {"code"|"error", "message"}}
-            inner = self.error_fields(detail)
-            outer = self.error_fields({k: v for k, v in data.items() if k != "detail"})
-            return ErrorFields(
-                code=inner.code or outer.code,
-                message=inner.message or outer.message,
-                field_errors={**outer.field_errors, **inner.field_errors},
-                retry_after=inner.retry_after
-                if inner.retry_after is not None
-                else (outer.retry_after),
-            )
-        error = data.get("error")
-        code: str | None = None
-        message: str | None = None
-        if isinstance(error, Mapping):
-            code = _opt_str(error.get("code"))
-            message = _opt_str(error.get("message"))
-        elif isinstance(error, str):
-            message = error
-        if isinstance(detail, str):
-            message = message or detail
-        if isinstance(data.get("message"), str):
-            if message and not code and isinstance(error, str):
-                code = error  # {"error": "record_not_found", "message": "…"}
-            message = data["message"]
-        code = code or _opt_str(data.get("code")) or _opt_str(data.get("error_code"))
-        field_errors: dict[str, str] = {}
-        raw_field_errors = data.get("field-errors") or data.get("field_errors")
-        if isinstance(raw_field_errors, Mapping):
-            field_errors = {str(k): str(v) for k, v in raw_field_errors.items()}
-        if isinstance(detail, list):  # a validation list: [{"loc": [...], "msg": "..."}]
-            for item in detail:
-                if isinstance(item, Mapping):
-                    field_errors[error_location(item.get("loc"))] = str(item.get("msg", ""))
-                else:
-                    message = message or str(item)
-        errors = data.get("errors")
-        if not message and isinstance(errors, list) and errors:
-            message = "; ".join(str(e) for e in errors)
-        if not message and field_errors:
-            message = "; ".join(f"{k}: {v}" for k, v in field_errors.items())
-        return ErrorFields(code=code, message=message, field_errors=field_errors)
+        return ErrorFields()
 
     def retry_after(
         self, status: int, headers: Mapping[str, str], fields: ErrorFields
@@ -455,16 +479,28 @@ class Dialect:
             return fields.retry_after
         return parse_retry_after(headers)
 
+    def error_class(self, status: int, fields: ErrorFields) -> type[APIError]:
+        """The error class for a response: by vendor code first, then by HTTP status."""
+        by_code = fields.code and self.error_classes_by_code.get(fields.code)
+        if by_code:
+            return by_code
+        if status == 404 and not fields.record_missing:
+            return EndpointNotFoundError
+        return error_class_for_status(status)
+
     def error(
         self, status: int, headers: Mapping[str, str], data: Any, *, api_key: Secret | None = None
     ) -> APIError:
         """The typed error for an error response (or an error envelope in a 2xx body)."""
         headers = _ci(headers)
         fields = self.error_fields(data)
-        cls = (fields.code and self.error_classes_by_code.get(fields.code)) or (
-            error_class_for_status(status)
-        )
+        cls = self.error_class(status, fields)
         message = fields.message or f"the server answered HTTP {status}"
+        if cls is EndpointNotFoundError:
+            message = (
+                f"{message} (HTTP {status} without the provider's 'no such record' answer: "
+                "the route does not exist; is the base URL right?)"
+            )
         if api_key is not None:
             message = api_key.redact(message)
         kwargs: dict[str, Any] = {
@@ -478,7 +514,13 @@ class Dialect:
         if issubclass(cls, (RateLimitError, ServerError)):
             kwargs["retry_after"] = self.retry_after(status, headers, fields)
         if issubclass(cls, InvalidRequestError):
-            kwargs["field_errors"] = fields.field_errors
+            kwargs.update(
+                field_errors=fields.field_errors,
+                max_page_size=fields.max_page_size,
+                offset_too_large=fields.offset_too_large,
+                max_offset=fields.max_offset,
+                cursor_invalid=fields.cursor_invalid,
+            )
         return cls(message, **kwargs)
 
     def check(
@@ -498,7 +540,8 @@ def error_location(loc: Any) -> str:
     return str(loc) if loc is not None else "?"
 
 
-def _opt_str(value: Any) -> str | None:
+def opt_str(value: Any) -> str | None:
+    """``value`` when it is a string, else ``None`` (for reading loosely typed error bodies)."""
     return value if isinstance(value, str) else None
 
 
@@ -549,14 +592,8 @@ def _check_tree(data: Any) -> None:
                 stack.extend((item, depth + 1) for item in value)
 
 
-def parse_json(body: bytes) -> Any:
-    """``body`` parsed as JSON: numbers with a fraction as exact :class:`~decimal.Decimal`.
-
-    Raises ``ValueError`` for anything that is not JSON, and for JSON the SDK refuses: nesting
-    deeper than :data:`~close_opps._constants.MAX_JSON_DEPTH`, integers longer than
-    :data:`~close_opps._constants.MAX_JSON_INT_DIGITS` digits, ``NaN``/``Infinity``, and lone
-    surrogates. The cost is linear in the size of ``body``.
-    """
+def _load_json(body: bytes) -> Any:
+    """``body`` parsed as JSON; ``ValueError`` for what is not JSON or is refused."""
     try:
         data = json.loads(
             body, parse_float=Decimal, parse_int=_parse_int, parse_constant=_parse_constant
@@ -567,17 +604,17 @@ def parse_json(body: bytes) -> Any:
     return data
 
 
-async def decode_json(body: bytes, *, provider: str, api_key: Secret | None = None) -> Any:
-    """``body`` parsed by :func:`parse_json`.
+def parse_json(body: bytes, *, provider: str, api_key: Secret | None = None) -> Any:
+    """``body`` parsed as JSON, numbers with a fraction as exact :class:`~decimal.Decimal`.
 
-    A large body is parsed in a worker thread so the event loop stays responsive. A body that
-    is not JSON, or that :func:`parse_json` refuses, is a :class:`DecodeError` quoting its
-    start (keys redacted).
+    A body that is not JSON is a :class:`DecodeError` quoting its start (with ``api_key``
+    redacted), and so is JSON the SDK refuses: nesting deeper than
+    :data:`~close_opps._constants.MAX_JSON_DEPTH`, integers longer than
+    :data:`~close_opps._constants.MAX_JSON_INT_DIGITS` digits, ``NaN``/``Infinity``, and
+    strings holding a lone surrogate. The cost is linear in the size of ``body``.
     """
     try:
-        if len(body) > OFFLOAD_BYTES:
-            return await asyncio.to_thread(parse_json, body)
-        return parse_json(body)
+        return _load_json(body)
     except (ValueError, UnicodeDecodeError) as exc:
         text = _snippet(body[:200].decode("utf-8", "replace"))
         if api_key is not None:
@@ -592,6 +629,35 @@ async def decode_json(body: bytes, *, provider: str, api_key: Secret | None = No
         ) from None
 
 
+def decipher_response(
+    dialect: Dialect,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    api_key: Secret | None = None,
+) -> Any:
+    """A response's decoded body, or the typed error it means (raised).
+
+    Pure (gidgethub's ``sansio.decipher_response`` is the model): everything the SDK reads
+    from an answer goes through here, so every vendor's answers are unit-tested from recorded
+    samples without HTTP. A 3xx-5xx status, or a 2xx whose body the dialect calls an error
+    (:meth:`Dialect.check`), raises an :class:`~close_opps.APIError` subclass; a 2xx body that
+    is not JSON raises :class:`~close_opps.DecodeError`.
+    """
+    if status >= 300:
+        try:
+            data: Any = parse_json(body, provider=dialect.provider) if body.strip() else None
+        except DecodeError:
+            data = body.decode("utf-8", "replace")
+        raise dialect.error(status, headers, data, api_key=api_key)
+    data = parse_json(body, provider=dialect.provider, api_key=api_key)
+    hidden = dialect.check(status, headers, data, api_key=api_key)
+    if hidden is not None:
+        raise hidden
+    return data
+
+
 # ------------------------------------------------------------------------------ the transport
 
 
@@ -602,8 +668,11 @@ def _same_origin(a: yarl.URL, b: yarl.URL) -> bool:
 class Transport:
     """Sends :class:`Request` s for one provider: auth, timeout, retries, errors, rate limits.
 
-    Uses the caller's :class:`aiohttp.ClientSession` when given one (and leaves it open), else
-    creates its own on first use and closes it in :meth:`aclose`.
+    Uses the caller's :class:`aiohttp.ClientSession` when given one (and leaves it open, its
+    own ``User-Agent`` included), else creates its own on first use, following the
+    environment's proxy settings (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``; never for a
+    loopback host), and closes it in :meth:`aclose`. ``proxy`` sends every request through
+    that proxy; ``user_agent`` is appended to the ``User-Agent`` header.
     """
 
     def __init__(
@@ -616,6 +685,8 @@ class Transport:
         timeout: float = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
+        proxy: str | None = None,
+        user_agent: str | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive: requests always time out")
@@ -634,6 +705,10 @@ class Transport:
         self.rate_limit: RateLimit | None = None
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.proxy = validate_proxy_url(proxy) if proxy is not None else None
+        if user_agent is not None and (not isinstance(user_agent, str) or not user_agent.strip()):
+            raise ValueError("user_agent must be a non-empty string")
+        self._user_agent = user_agent.strip() if user_agent else None
 
     @property
     def provider(self) -> str:
@@ -655,6 +730,11 @@ class Transport:
         if self._owns_session and session is not None and not session.closed:
             await session.close()
 
+    def _user_agent_for(self, session: aiohttp.ClientSession) -> str:
+        """The caller's session's ``User-Agent`` (else ours), then ``user_agent``."""
+        base = session.headers.get("User-Agent") or USER_AGENT
+        return f"{base} {self._user_agent}" if self._user_agent else base
+
     def _client(self) -> aiohttp.ClientSession:
         if self._closed:
             raise ClientClosedError(
@@ -664,7 +744,8 @@ class Transport:
             )
         loop = asyncio.get_running_loop()
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            host = yarl.URL(self.base_url).host or ""
+            self._session = aiohttp.ClientSession(trust_env=not _is_loopback(host))
             self._loop = loop
         elif self._session.closed:
             raise ClientClosedError("the aiohttp session is closed", provider=self.provider)
@@ -691,45 +772,55 @@ class Transport:
             TransportError: no usable answer, after retries.
             DecodeError: the body is not JSON.
         """
-        if not request.idempotent or self.max_retries == 0:
+        if not request.idempotent or not request.retry or self.max_retries == 0:
             return await self._send_once(request)
+        failures = 0
 
         def on_failure(exc: Exception) -> bool | float:
+            nonlocal failures
             if self._closed:
                 return False
+            failures += 1
             decision = retry_wait(exc, max_wait=self.max_retry_wait)
-            if decision is not False:
-                wait = "with backoff" if decision is True else f"in {decision:.2f} s"
-                logger.warning(
-                    "%s: %s %s failed (%s), retrying %s",
-                    self.provider,
-                    request.method,
-                    request.path,
-                    _describe(exc),
-                    wait,
-                )
-            return decision
+            if decision is False or failures > self.max_retries:
+                return False  # the exception is the report: no log line
+            wait = _backoff(failures) if decision is True else decision
+            logger.info(
+                "%s: %s %s failed (%s); retrying in %.2f s (retry %d of %d)",
+                self.provider,
+                request.method,
+                request.path,
+                _describe(exc),
+                wait,
+                failures,
+                self.max_retries,
+            )
+            return wait
 
-        async for attempt in stamina.retry_context(
-            on=on_failure,
-            attempts=self.max_retries + 1,
-            timeout=None,
-            wait_initial=BACKOFF_INITIAL,
-            wait_max=BACKOFF_MAX,
-            wait_jitter=BACKOFF_JITTER,
-        ):
-            with attempt:
-                return await self._send_once(request)
+        token = _retrying.set(True)
+        try:
+            async for attempt in stamina.retry_context(
+                on=on_failure,
+                attempts=self.max_retries + 1,
+                timeout=None,
+                wait_initial=BACKOFF_INITIAL,
+                wait_max=BACKOFF_MAX,
+                wait_jitter=BACKOFF_JITTER,
+            ):
+                with attempt:
+                    return await self._send_once(request)
+        finally:
+            _retrying.reset(token)
         raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
 
     async def _send_once(self, request: Request) -> Response:
         url = request.url(self.base_url)
+        session = self._client()
         headers = {
             "Accept": "application/json",
-            "User-Agent": USER_AGENT,
+            "User-Agent": self._user_agent_for(session),
             **self.dialect.auth_headers(self._api_key),
         }
-        session = self._client()
         started = time.monotonic()
         try:
             for _ in range(MAX_REDIRECTS + 1):
@@ -739,6 +830,7 @@ class Transport:
                     headers=headers,
                     json=request.json,
                     allow_redirects=False,
+                    proxy=self.proxy,
                     raise_for_status=False,
                     timeout=aiohttp.ClientTimeout(total=self.timeout),
                 ) as resp:
@@ -809,29 +901,27 @@ class Transport:
         rate_limit = parse_rate_limit(resp_headers)
         if rate_limit is not None:
             self.rate_limit = rate_limit
+        args = (self.dialect, status, resp_headers, body)
+        if len(body) > OFFLOAD_BYTES:  # keep the event loop responsive while a big body parses
+            data = await asyncio.to_thread(decipher_response, *args, api_key=self._api_key)
+        else:
+            data = decipher_response(*args, api_key=self._api_key)
+        return Response(status=status, headers=resp_headers, data=data, size=len(body))
 
-        if status >= 300:
-            try:
-                data: Any = (
-                    await decode_json(body, provider=self.provider, api_key=self._api_key)
-                    if body
-                    else None
-                )
-            except DecodeError:
-                data = body.decode("utf-8", "replace")
-            raise self.dialect.error(status, resp_headers, data, api_key=self._api_key)
 
-        data = await decode_json(body, provider=self.provider, api_key=self._api_key)
-        hidden = self.dialect.check(status, resp_headers, data, api_key=self._api_key)
-        if hidden is not None:
-            raise hidden
-        return Response(status=status, headers=resp_headers, data=data)
+def _backoff(failures: int) -> float:
+    """Exponential backoff with jitter before retry number ``failures`` (1-based)."""
+    jitter = random.uniform(0, BACKOFF_JITTER)  # noqa: S311 - not cryptographic
+    return float(min(BACKOFF_MAX, BACKOFF_INITIAL * 2.0 ** (failures - 1) + jitter))
 
 
 def _describe(exc: BaseException) -> str:
+    """What went wrong, once: ``HTTP 503``, ``timeout``, the connection error's own words."""
     if isinstance(exc, APIError):
         return f"HTTP {exc.status}"
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, (TimeoutError, APITimeoutError)):
         return "timeout"
+    if isinstance(exc, TransportError) and exc.__cause__ is not None:
+        return _describe(exc.__cause__)
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -21,8 +21,8 @@ from typing import Any, Final, Literal, Self
 
 import attrs
 
-from close_opps._paging import aclose_iterator, cancel_and_wait
 from close_opps._redact import get_logger
+from close_opps._tasks import aclose_iterator, cancel_and_wait
 from close_opps.adapters.base import BaseAdapter
 from close_opps.errors import CloseOppsError
 from close_opps.model import Opportunity
@@ -211,7 +211,7 @@ class OpportunityHub:
         return self._merge(listings, _Run(on_error=on_error, failures=self._failures))
 
     async def _merge(
-        self, listings: dict[str, AsyncIterator[Opportunity]], run: _Run
+        self, listings: Mapping[str, AsyncIterator[Opportunity]], run: _Run
     ) -> AsyncGenerator[Opportunity, None]:
         queue: asyncio.Queue[Opportunity | _Ended] = asyncio.Queue(maxsize=self._buffer)
         for name, listing in listings.items():

@@ -1,7 +1,8 @@
 """The normalized opportunity record every adapter returns.
 
 The classes hold data only: turning vendor JSON into them is each adapter's business, and
-turning them into JSON is the caller's (or :func:`cattrs.unstructure`'s).
+turning them into JSON is :mod:`close_opps.serialize`'s (``opportunity_to_dict``,
+``opportunity_to_json``: decimals and datetimes as strings).
 """
 
 from __future__ import annotations
@@ -10,12 +11,20 @@ import enum
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 
-__all__ = ["Contact", "Money", "Opportunity", "OpportunityStatus", "Ref"]
+__all__ = [
+    "Contact",
+    "FrozenDict",
+    "FrozenList",
+    "Money",
+    "Opportunity",
+    "OpportunityStatus",
+    "Ref",
+    "freeze",
+]
 
 
 class OpportunityStatus(enum.StrEnum):
@@ -26,10 +35,83 @@ class OpportunityStatus(enum.StrEnum):
     LOST = "lost"
 
 
+def _refuse(self: object, *args: Any, **kwargs: Any) -> NoReturn:
+    raise TypeError(f"{type(self).__name__} is read-only")
+
+
+class FrozenDict(dict[str, Any]):
+    """A read-only ``dict``: every mutating method raises :class:`TypeError`.
+
+    A real ``dict`` otherwise: it compares equal to one, ``json.dumps`` writes it, and it
+    pickles and deep-copies (records cross process boundaries). Build one with
+    :func:`freeze`, which freezes nested values too.
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (dict(self),))
+
+
+class FrozenList(list[Any]):
+    """A read-only ``list``: every mutating method raises :class:`TypeError`.
+
+    Compares equal to a ``list`` with the same items, pickles and deep-copies.
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (list(self),))
+
+
+for _name in (
+    "__setitem__",
+    "__delitem__",
+    "__ior__",
+    "clear",
+    "pop",
+    "popitem",
+    "setdefault",
+    "update",
+):
+    setattr(FrozenDict, _name, _refuse)
+for _name in (
+    "__setitem__",
+    "__delitem__",
+    "__iadd__",
+    "__imul__",
+    "append",
+    "clear",
+    "extend",
+    "insert",
+    "pop",
+    "remove",
+    "reverse",
+    "sort",
+):
+    setattr(FrozenList, _name, _refuse)
+del _name
+
+
+def freeze(value: Any) -> Any:
+    """``value`` read-only all the way down: mappings become :class:`FrozenDict`, lists
+    :class:`FrozenList`, tuples and sets keep their (immutable) kind with frozen items;
+    anything else is returned as is."""
+    if isinstance(value, Mapping):
+        return FrozenDict({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return FrozenList(freeze(v) for v in value)
+    if isinstance(value, tuple) and type(value) is tuple:  # not a named tuple
+        return tuple(freeze(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(value)
+    return value
+
+
 def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
-    if isinstance(value, MappingProxyType):
-        return value
-    return MappingProxyType(dict(value))
+    frozen: Mapping[str, Any] = freeze(value)
+    return frozen
 
 
 def _aware(instance: Any, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
@@ -74,8 +156,9 @@ class Opportunity:
 
     Immutable; equal when every field is equal, hashed by ``(provider, id)`` so records can go
     into sets and dict keys. Datetimes are timezone-aware. ``custom_fields`` holds the vendor's
-    custom or unmapped attributes and ``raw`` the vendor's record exactly as received, both as
-    read-only mappings.
+    custom or unmapped attributes and ``raw`` the vendor's record exactly as received, both
+    read-only all the way down (:class:`FrozenDict` and :class:`FrozenList`, which compare
+    equal to ``dict`` and ``list``). Records pickle and deep-copy.
     """
 
     provider: str

@@ -13,12 +13,15 @@ after which ``close_opps.connect("acme", api_key=...)`` works. See ``docs/adapte
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from functools import cache
-from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from close_opps._redact import get_logger
 from close_opps.adapters.base import BaseAdapter
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 __all__ = ["ENTRY_POINT_GROUP", "adapter_class", "connect", "providers"]
 
@@ -33,6 +36,14 @@ _BUILTIN: Final = {
     "getraze": "close_opps.adapters.getraze:GetrazeAdapter",
     "reevo": "close_opps.adapters.reevo:ReevoAdapter",
 }
+
+
+def entry_points(*, group: str) -> Iterable[EntryPoint]:
+    """The installed entry points of ``group`` (importlib.metadata costs ~70 ms to import:
+    it is imported when a plugin is first looked for, not with close_opps)."""
+    from importlib import metadata
+
+    return metadata.entry_points(group=group)
 
 
 @cache
@@ -80,9 +91,10 @@ def adapter_class(provider: str) -> type[BaseAdapter]:
 def connect(provider: str, /, **options: Any) -> BaseAdapter:
     """An adapter for ``provider`` (``"close"``, ``"getraze"``, ``"reevo"``, or a plugin's).
 
-    ``options`` go to the adapter's constructor: ``api_key`` and any of ``base_url``,
-    ``session``, ``timeout``, ``max_retries``, ``max_retry_wait``, ``page_size``,
-    ``concurrency``::
+    ``options`` go to the adapter's constructor: ``api_key`` (default: the
+    ``<PROVIDER>_API_KEY`` variable) and any of ``base_url``, ``session``, ``timeout``,
+    ``max_retries``, ``max_retry_wait``, ``page_size``, ``concurrency``, ``proxy``,
+    ``user_agent``::
 
         async with close_opps.connect("close", api_key=key) as close:
             ...

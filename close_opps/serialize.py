@@ -8,36 +8,48 @@ The model holds no serialization logic; this module is the one place that turns 
 from __future__ import annotations
 
 import json
+import types
+import typing
 from collections.abc import Mapping
 from datetime import date, datetime, time
 from enum import Enum
+from functools import cache
 from typing import Any
 
 import attrs
 
-from close_opps.model import Opportunity
+from close_opps.model import Money, Opportunity
 
-__all__ = ["FIELDS", "opportunity_to_dict", "opportunity_to_json"]
+__all__ = [
+    "FIELDS",
+    "FlatColumn",
+    "flat_columns",
+    "flatten",
+    "jsonable",
+    "opportunity_to_dict",
+    "opportunity_to_json",
+]
 
 
-def _jsonable(value: Any) -> Any:
-    """``value`` with everything JSON cannot hold turned into strings, recursively.
+def jsonable(value: Any) -> Any:
+    """``value`` with everything JSON cannot hold turned into strings, recursively
+    (decimals and datetimes as text, enums as their value, mappings as dicts).
 
     Custom fields may hold what a provider's value decoders made (decimals, times, UUIDs,
     small attrs classes); none of them may make a record unwritable.
     """
     if isinstance(value, Enum):  # before str: OpportunityStatus is a StrEnum
-        return _jsonable(value.value)
+        return jsonable(value.value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (datetime, date, time)):
         return value.isoformat()
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if attrs.has(type(value)):
-        return _jsonable(attrs.asdict(value, recurse=False))
+        return jsonable(attrs.asdict(value, recurse=False))
     return str(value)  # Decimal, UUID, and anything else with a faithful text form
 
 
@@ -50,7 +62,7 @@ def opportunity_to_dict(opportunity: Opportunity, *, raw: bool = True) -> dict[s
 
     ``raw=False`` leaves the vendor payload out (it can be large).
     """
-    data: dict[str, Any] = _jsonable(opportunity)
+    data: dict[str, Any] = jsonable(opportunity)
     if not raw:
         data.pop("raw", None)
     return data
@@ -59,3 +71,65 @@ def opportunity_to_dict(opportunity: Opportunity, *, raw: bool = True) -> dict[s
 def opportunity_to_json(opportunity: Opportunity, *, raw: bool = True) -> str:
     """``opportunity`` as one line of JSON (for JSONL)."""
     return json.dumps(opportunity_to_dict(opportunity, raw=raw), ensure_ascii=False)
+
+
+# ------------------------------------------------------------------------ flat columns
+
+
+@attrs.frozen
+class FlatColumn:
+    """One flat column: ``field`` of the record, and ``part`` of it when the field is nested."""
+
+    name: str
+    field: str
+    part: str | None = None
+
+
+def _plain_type(hint: Any) -> Any:
+    """``hint`` without ``| None``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+@cache
+def flat_columns() -> tuple[FlatColumn, ...]:
+    """The flat columns of a record, derived from :data:`FIELDS`: the CSV's columns and
+    the SQLite store's (``close_opps.sync``).
+
+    A nested record (``Ref``, ``Contact``) becomes one column per attribute (``owner_id``,
+    ``owner_name``, ``contact_email``); ``Money`` becomes ``amount`` and ``currency``;
+    ``custom_fields`` stays one column; ``raw`` is left out. A field added to
+    :class:`~close_opps.Opportunity` appears here, so in both.
+    """
+    hints = typing.get_type_hints(Opportunity)
+    columns: list[FlatColumn] = []
+    for name in FIELDS:
+        if name == "raw":
+            continue
+        kind = _plain_type(hints.get(name, Any))
+        if isinstance(kind, type) and attrs.has(kind):
+            for part in attrs.fields(kind):
+                label = part.name if kind is Money else f"{name}_{part.name}"
+                columns.append(FlatColumn(label, name, part.name))
+        else:
+            columns.append(FlatColumn(name, name))
+    names = [c.name for c in columns]
+    if len(set(names)) != len(names):  # pragma: no cover - a future field clashing
+        raise RuntimeError(f"flat column names clash: {names}")
+    return tuple(columns)
+
+
+def flatten(opportunity: Opportunity) -> dict[str, Any]:
+    """The record as ``{column: value}`` in :func:`flat_columns` order, values as Python
+    holds them (``datetime``, ``Decimal``, ``OpportunityStatus``, a mapping for
+    ``custom_fields``, ``None`` for none): each writer turns them into its own text."""
+    row: dict[str, Any] = {}
+    for column in flat_columns():
+        value = getattr(opportunity, column.field)
+        if column.part is not None:
+            value = None if value is None else getattr(value, column.part)
+        row[column.name] = value
+    return row

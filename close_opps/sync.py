@@ -22,18 +22,19 @@ import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 import attrs
 
-from close_opps._paging import aclose_iterator, cancel_and_wait
 from close_opps._redact import get_logger, safe_cause
+from close_opps._tasks import aclose_iterator
 from close_opps.adapters.base import BaseAdapter
 from close_opps.errors import CloseOppsError, DecodeError
 from close_opps.hub import OpportunityHub
 from close_opps.model import Opportunity
-from close_opps.serialize import opportunity_to_dict
+from close_opps.serialize import flat_columns, flatten, jsonable, opportunity_to_dict
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -50,14 +51,14 @@ logger = get_logger("close_opps.sync")
 T = TypeVar("T")
 
 #: The store's schema version (``PRAGMA user_version``).
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 #: Name prefix of the per-provider sync tasks.
 TASK_PREFIX: Final = "close-opps-sync:"
 #: Most ``?`` parameters put in one ``IN (...)``.
 _IN_CHUNK: Final = 500
 
-#: The columns of ``opportunities``, after the key, with their SQL types.
-_FIELD_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+#: The columns of ``opportunities`` in schema version 1, after the key (history: never edit).
+_V1_FIELD_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("name", "TEXT"),
     ("status", "TEXT NOT NULL"),
     ("status_label", "TEXT"),
@@ -90,7 +91,19 @@ _FIELD_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("first_synced_at", "TEXT NOT NULL"),
     ("synced_at", "TEXT NOT NULL"),
 )
-_COLUMNS: Final = ("provider", "id", *(name for name, _ in _FIELD_COLUMNS))
+#: The flat columns version 2 added (``custom_fields`` as JSON text), and where each is
+#: in the stored ``record`` JSON, to fill them in for rows written by version 1.
+_V2_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("contact_phone", "$.contact.phone"),
+    ("contact_title", "$.contact.title"),
+    ("contact_url", "$.contact.url"),
+    ("custom_fields", "$.custom_fields"),
+)
+#: The record's flat columns (``close_opps.serialize.flat_columns``, as CSV has them),
+#: after the key: one flattening for both.
+_FLAT: Final = tuple(c.name for c in flat_columns() if c.name not in ("provider", "id"))
+_BOOKKEEPING: Final = ("record", "raw", "content_hash", "first_synced_at", "synced_at")
+_COLUMNS: Final = ("provider", "id", *_FLAT, *_BOOKKEEPING)
 _JSON_COLUMNS: Final = frozenset({"record", "raw"})
 
 #: Statements taking the schema from version ``n - 1`` to ``n``, for each ``n``.
@@ -99,7 +112,7 @@ _MIGRATIONS: Final[Mapping[int, Sequence[str]]] = {
         "CREATE TABLE IF NOT EXISTS opportunities (\n"
         "    provider TEXT NOT NULL,\n"
         "    id TEXT NOT NULL,\n"
-        + "".join(f"    {name} {kind},\n" for name, kind in _FIELD_COLUMNS)
+        + "".join(f"    {name} {kind},\n" for name, kind in _V1_FIELD_COLUMNS)
         + "    PRIMARY KEY (provider, id)\n"
         ")",
         "CREATE INDEX IF NOT EXISTS opportunities_updated_at "
@@ -109,6 +122,12 @@ _MIGRATIONS: Final[Mapping[int, Sequence[str]]] = {
         "    updated_at TEXT NOT NULL,\n"
         "    synced_at TEXT NOT NULL\n"
         ")",
+    ),
+    2: (
+        *(f"ALTER TABLE opportunities ADD COLUMN {name} TEXT" for name, _ in _V2_COLUMNS),
+        "UPDATE opportunities SET "  # noqa: S608 - constant names and paths only
+        + ", ".join(f"{name} = json_extract(record, '{path}')" for name, path in _V2_COLUMNS[:3])
+        + f", custom_fields = json(json_extract(record, '{_V2_COLUMNS[3][1]}'))",
     ),
 }
 
@@ -144,11 +163,18 @@ def _stamp_or_none(value: datetime | None) -> str | None:
     return None if value is None else _stamp(value)
 
 
-def _ref(data: Mapping[str, Any], key: str, *parts: str) -> list[Any]:
-    value = data.get(key)
-    if not isinstance(value, Mapping):
-        return [None] * len(parts)
-    return [value.get(part) for part in parts]
+def _sql_value(value: Any) -> Any:
+    """A flat column's value as SQLite stores it: datetimes stamped (UTC, microseconds),
+    decimals as exact text, mappings as JSON text, enums as their value."""
+    if isinstance(value, Enum):  # before str: OpportunityStatus is a StrEnum
+        return value.value
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, datetime):
+        return _stamp(value)
+    if isinstance(value, Mapping):
+        return _dumps(jsonable(value), sort_keys=True)
+    return str(jsonable(value))
 
 
 def _dumps(value: Any, *, sort_keys: bool = False) -> str:
@@ -187,28 +213,11 @@ def _build_row(provider: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
     digest.update(_dumps(record, sort_keys=True).encode())
     digest.update(b"\n")
     digest.update(_dumps(raw, sort_keys=True).encode())
+    flat = flatten(opp)
     return (
         provider,
         opp.id,
-        record.get("name"),
-        record.get("status"),
-        record.get("status_label"),
-        *_ref(record, "stage", "id", "name"),
-        *_ref(record, "pipeline", "id", "name"),
-        *_ref(record, "amount", "amount", "currency"),
-        record.get("value_period"),
-        record.get("confidence"),
-        *_ref(record, "owner", "id", "name"),
-        *_ref(record, "company", "id", "name"),
-        *_ref(record, "contact", "id", "name", "email"),
-        record.get("source"),
-        record.get("note"),
-        _stamp(opp.created_at),
-        _stamp(opp.updated_at),
-        _stamp_or_none(opp.won_at),
-        _stamp_or_none(opp.lost_at),
-        _stamp_or_none(opp.closed_at),
-        _stamp_or_none(opp.expected_close_at),
+        *(_sql_value(flat[name]) for name in _FLAT),
         record_json,
         _dumps(raw),
         digest.hexdigest(),
@@ -683,19 +692,16 @@ async def sync(
             )
             return exc
 
-    tasks = {
-        name: asyncio.create_task(guarded(name), name=f"{TASK_PREFIX}{name}") for name in names
-    }
     try:
-        pending = set(tasks.values())
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                error = None if task.cancelled() else task.exception()
-                if error is not None:  # a bug, not a provider failure: stop everything
-                    raise error
-    finally:
-        await cancel_and_wait(tasks.values())
+        async with asyncio.TaskGroup() as group:
+            tasks = {
+                name: group.create_task(guarded(name), name=f"{TASK_PREFIX}{name}")
+                for name in names
+            }
+    except BaseExceptionGroup as failed:  # a bug, not a provider failure: all were stopped
+        if len(failed.exceptions) == 1:
+            raise failed.exceptions[0] from None
+        raise
 
     reports: dict[str, SyncReport] = {}
     errors: dict[str, CloseOppsError] = {}

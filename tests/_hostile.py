@@ -33,6 +33,8 @@ ADAPTERS: dict[str, type[BaseAdapter]] = {
     "getraze": GetrazeAdapter,
     "reevo": ReevoAdapter,
 }
+#: An id of the right form for each provider (Getraze's are UUIDs).
+IDS = {"close": "oppo_1", "getraze": "6f1c2d3e-0000-4000-8000-000000000001", "reevo": "x"}
 BASE_PATHS = {"close": "/api/v1", "getraze": "/external/v1", "reevo": "/api/v2"}
 
 

@@ -8,9 +8,8 @@ JSON, broken bytes, deep nesting, echoed credentials) from a server on 127.0.0.1
 - no answer costs more than a bounded time (the event loop never freezes);
 - the key, in any form it travels in, is in no error string, log record or CLI output.
 
-A listing that makes no progress (a server ignoring paging) is defect 6, handled by the
-pager: here such a listing is bounded by :data:`LIST_WINDOW` and counted as a known gap, not
-a failure, as long as it kept answering (it was looping, not frozen).
+- a listing of the same answer over and over ends (``PaginationError`` from the pager)
+  within :data:`LIST_WINDOW`.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from close_opps.sync import _row
 from tests._hostile import (
     BARE,
     BASIC,
+    IDS,
     KEY,
     RECORDS,
     Answer,
@@ -50,8 +50,9 @@ PROVIDERS = ("close", "getraze", "reevo")
 #: Wall-clock bound of one example (one answer, or one bounded listing), generous for a
 #: shared machine: a freeze (a number converted in quadratic time) takes minutes.
 BOUND = 3.0
-#: How long a listing of the same answer over and over may run before it is cut.
-LIST_WINDOW = 0.5
+#: How long a listing of the same answer over and over may run (the pager stops one that
+#: makes no progress long before).
+LIST_WINDOW = 2.0
 
 SETTINGS = settings(
     max_examples=30,
@@ -198,7 +199,8 @@ def bodies(draw: st.DrawFn, provider: str, operation: str) -> bytes:
 
 @st.composite
 def answers(draw: st.DrawFn, provider: str, operation: str) -> Answer:
-    status = draw(st.sampled_from([200] * 9 + [302, 400, 401, 403, 404, 422, 429, 500, 503]))
+    errors = st.sampled_from([302, 400, 401, 403, 404, 422, 429, 500, 503])
+    status = draw(st.one_of(st.just(200), st.just(200), errors))
     headers = draw(st.dictionaries(st.sampled_from(HEADER_NAMES), HEADER_VALUES, max_size=3))
     return Answer(status=status, body=draw(bodies(provider, operation)), headers=headers)
 
@@ -257,21 +259,16 @@ def storable_and_printable(opp: Opportunity) -> None:
 
 
 async def _run(server: HostileServer, provider: str, operation: str, retries: int) -> str:
-    """One operation; returns how it ended ("ok", "error", "endless")."""
+    """One operation; returns "ok" or raises. A listing still running after
+    :data:`LIST_WINDOW` seconds fails the test (``TimeoutError``): whatever the server
+    repeats, the pager ends a listing that makes no progress with ``PaginationError``."""
     async with server.adapter(provider, max_retries=retries) as adapter:
         if operation == "get":
-            storable_and_printable(await adapter.get("oppo_1"))
+            storable_and_printable(await adapter.get(IDS[provider]))
             return "ok"
-        before = server.requests
-        try:
-            async with asyncio.timeout(LIST_WINDOW):
-                async for opp in adapter.list(page_size=10):
-                    storable_and_printable(opp)
-        except TimeoutError:
-            # Defect 6 (a listing making no progress), the pager's business: it must at least
-            # have kept asking, not frozen.
-            assert server.requests - before > 1
-            return "endless"
+        async with asyncio.timeout(LIST_WINDOW):
+            async for opp in adapter.list(page_size=10):
+                storable_and_printable(opp)
         return "ok"
 
 

@@ -26,6 +26,7 @@ from close_opps.errors import (
     APIError,
     AuthenticationError,
     DecodeError,
+    InvalidArgumentError,
     InvalidRequestError,
     NotFoundError,
     PaginationError,
@@ -439,15 +440,39 @@ async def test_recorded_errors(mock: Any) -> None:
             assert info.value.message == case["body"]["error"]["message"]
 
 
-async def test_a_non_uuid_id_is_a_server_error_retried(mock: Any) -> None:
+async def test_a_malformed_id_costs_one_request_and_says_so(mock: Any) -> None:
     case = next(c for c in load_fixture("getraze_errors.json")["cases"] if c["status"] == 500)
     url = f"{BASE}/opportunities/not-a-uuid"
     mock.get(url, status=500, body=json.dumps(case["body"]), repeat=True)
     async with GetrazeAdapter(KEY, max_retries=2) as getraze:
-        with pytest.raises(ServerError) as info:
+        with pytest.raises(InvalidArgumentError, match="malformed") as info:
             await getraze.get("not-a-uuid")
-    assert info.value.code == "INTERNAL_ERROR"
-    assert len(mock.requests[("GET", yarl.URL(url))]) == 3
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value.__cause__, ServerError)
+    assert len(mock.requests[("GET", yarl.URL(url))]) == 1
+
+
+async def test_a_uuid_id_that_fails_is_still_retried(mock: Any, adapter: GetrazeAdapter) -> None:
+    mock.get(GET_URL, status=500, body=json.dumps({"success": False}), repeat=True)
+    async with GetrazeAdapter(KEY, max_retries=2) as getraze:
+        with pytest.raises(ServerError):
+            await getraze.get("ffffffff-0000-0000-0000-000000000001")
+    assert len(mock.requests[("GET", yarl.URL(GET_URL))]) == 3
+
+
+@pytest.mark.parametrize("name", ["stage_id", "pipeline_id", "campaign_id", "owner_user_id"])
+def test_a_malformed_id_filter_is_refused_at_the_call(name: str) -> None:
+    adapter = GetrazeAdapter(KEY)
+    with pytest.raises(InvalidArgumentError, match=name):
+        adapter.list(**{name: "opp_abc123def456"})  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match=name):
+        adapter.pages(**{name: ["ffffffff-0000-0000-0000-000000000001", "x"]})  # type: ignore[arg-type]
+
+
+def test_a_filter_the_server_ignores_is_refused_at_the_call() -> None:
+    adapter = GetrazeAdapter(KEY)
+    with pytest.raises(ValueError, match="ignores the 'responsible_user_id' filter"):
+        adapter.list(responsible_user_id="ffffffff-0000-0000-0000-000000000001")
 
 
 async def test_an_error_under_200_is_not_retried(mock: Any, adapter: GetrazeAdapter) -> None:
@@ -523,7 +548,8 @@ async def test_the_key_never_shows(mock: Any) -> None:
             assert KEY not in str(info.value)
             assert KEY not in repr(info.value)
             assert "***" in str(info.value)
-        mock.get(GET_URL, status=404, body=json.dumps({"success": False, "error": {}}))
+        missing = {"success": False, "error": {"code": "NOT_FOUND", "message": f"no {KEY}"}}
+        mock.get(GET_URL, status=404, body=json.dumps(missing))
         with pytest.raises(NotFoundError) as not_found:
             await getraze.get("ffffffff-0000-0000-0000-000000000001")
         assert KEY not in str(not_found.value)
@@ -766,11 +792,11 @@ async def test_updated_since_falls_back_when_the_sort_is_ignored(
     records = hourly(10)
     server = serve(mock, FakeGetraze(records, order=records))  # oldest first, sort ignored
     async with GetrazeAdapter(KEY, page_size=2) as getraze:
-        with caplog.at_level(logging.WARNING, logger="close_opps.getraze"):
+        with caplog.at_level(logging.WARNING, logger="close_opps.paging"):
             opps = await collect(getraze.list(updated_since=T0 + timedelta(hours=6)))
     assert [int(o.id[-12:]) for o in opps] == [6, 7, 8, 9]
     assert sorted(server.pages) == [1, 2, 3, 4, 5]
-    assert "did not honour sort_by=updated_at" in caplog.text
+    assert "getraze: the server did not honour the listing's sort order" in caplog.text
 
 
 async def test_updated_since_falls_back_on_a_later_page(
@@ -780,11 +806,11 @@ async def test_updated_since_falls_back_on_a_later_page(
     order = [records[i] for i in (9, 8, 10, 2, 7, 1, 6, 0, 5, 4, 3)]
     server = serve(mock, FakeGetraze(records, order=order))
     async with GetrazeAdapter(KEY, page_size=2) as getraze:
-        with caplog.at_level(logging.WARNING, logger="close_opps.getraze"):
+        with caplog.at_level(logging.WARNING, logger="close_opps.paging"):
             opps = await collect(getraze.list(updated_since=T0 + timedelta(hours=7)))
     assert sorted(int(o.id[-12:]) for o in opps) == [7, 8, 9, 10]
     assert sorted(server.pages) == [1, 2, 3, 4, 5, 6]
-    assert "page 2" in caplog.text
+    assert "offset 2 goes against it" in caplog.text  # page 2
 
 
 async def test_updated_since_with_another_order_reads_everything(mock: Any) -> None:
@@ -847,10 +873,10 @@ async def test_filters_query_and_order_by_reach_the_server(mock: Any) -> None:
             getraze.list(
                 query="globex",
                 order_by="-value",
-                stage_id="s1",
-                pipeline_id="p1",
-                campaign_id="c1",
-                owner_user_id="u1",
+                stage_id=UUIDS[0],
+                pipeline_id=UUIDS[1],
+                campaign_id=UUIDS[2],
+                owner_user_id=UUIDS[3],
                 company="Globex",
                 source="linkedin",
             )
@@ -858,10 +884,24 @@ async def test_filters_query_and_order_by_reach_the_server(mock: Any) -> None:
     query = server.calls[0].query
     assert query["search"] == "globex"
     assert (query["sort_by"], query["sort_order"]) == ("value", "desc")
-    assert query["stage_id"] == "s1" and query["pipeline_id"] == "p1"
-    assert query["campaign_id"] == "c1" and query["owner_user_id"] == "u1"
-    assert query["company"] == "Globex" and query["source"] == "linkedin"
+    assert query["stage_id"] == UUIDS[0] and query["pipeline_id"] == UUIDS[1]
+    assert query["campaign_id"] == UUIDS[2] and query["owner_user_id"] == UUIDS[3]
+    assert query["company"] == "Globex"
+    assert "source" not in query  # the server ignores it: the SDK applies it to the records
     assert query["limit"] == "100" and query["page"] == "1"
+
+
+UUIDS = [f"ffffffff-0000-0000-0000-00000000000{i}" for i in range(4)]
+
+
+async def test_source_is_applied_to_the_records(mock: Any) -> None:
+    records = hourly(4)
+    records[1]["source"] = "linkedin"
+    records[3]["source"] = "linkedin"
+    serve(mock, FakeGetraze(records))
+    async with GetrazeAdapter(KEY) as getraze:
+        opps = await collect(getraze.list(source="linkedin"))
+    assert [o.id for o in opps] == [records[1]["id"], records[3]["id"]]
 
 
 async def test_page_size_is_capped_at_100(mock: Any) -> None:

@@ -27,7 +27,7 @@ import attrs
 from close_opps._decoding import parse_date, parse_datetime, parse_decimal, parse_int
 from close_opps._redact import get_logger
 from close_opps.errors import DecodeError
-from close_opps.model import Money
+from close_opps.model import Money, freeze
 
 __all__ = [
     "CURRENCY_CODE_KEYS",
@@ -116,7 +116,8 @@ class AccountDomain:
 
 
 def _frozen(value: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(value))
+    frozen: Mapping[str, Any] = freeze(value)
+    return frozen
 
 
 @attrs.frozen(kw_only=True)

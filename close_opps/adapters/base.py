@@ -1,22 +1,25 @@
 """The adapter contract every provider satisfies.
 
 A provider is one module: a :class:`~close_opps.http.Dialect` (how its HTTP speaks: auth,
-error bodies), vendor record classes with a mapping to :class:`~close_opps.Opportunity`, and a
-:class:`BaseAdapter` subclass implementing :meth:`BaseAdapter.get` and
-:meth:`BaseAdapter._pages`. Everything else (constructor options, validation of list
-arguments, ``limit``, item-by-item iteration, context management, redaction) lives here once.
+error bodies, the limits its errors name), vendor record classes with a mapping to
+:class:`~close_opps.Opportunity`, a :class:`~close_opps.paging.PagingPolicy` (a pure request
+builder and page parser), and a :class:`BaseAdapter` subclass implementing
+:meth:`BaseAdapter.get` and :meth:`BaseAdapter.paging_policy`. Everything else (constructor
+options, validation of list arguments, the pager, ``limit``, item-by-item iteration, context
+management, redaction) lives here once.
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
-import builtins
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
+import inspect
+import os
+import re
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from contextlib import aclosing
 from datetime import datetime
 from types import TracebackType
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, ParamSpec, Self, TypeVar
 
 import aiohttp
 import attrs
@@ -31,18 +34,24 @@ from close_opps._constants import (
 from close_opps._redact import get_logger
 from close_opps.http import Dialect, RateLimit, Request, Response, Secret, Transport
 from close_opps.model import Opportunity, OpportunityStatus
+from close_opps.paging import Page, Pager, PagingPolicy
 
-__all__ = ["BaseAdapter", "ListQuery", "Page", "StatusArg"]
+__all__ = ["BaseAdapter", "ListQuery", "Page", "StatusArg", "api_key_env"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 logger = get_logger("close_opps.adapters")
 
 #: What ``status=`` accepts: one status (or its value, ``"won"``) or several.
 StatusArg = OpportunityStatus | str | Iterable[OpportunityStatus | str] | None
 
-#: Records decoded inline below this many; above, the page is decoded in a worker thread.
-_OFFLOAD_RECORDS = 200
+
+def api_key_env(provider: str) -> str:
+    """The environment variable an adapter reads its key from: ``CLOSE_API_KEY`` for
+    ``close``, ``ACME_CRM_API_KEY`` for ``acme-crm``."""
+    return re.sub(r"[^A-Z0-9]", "_", provider.upper()) + "_API_KEY"
 
 
 def _aware_or_none(name: str, value: datetime | None) -> datetime | None:
@@ -108,29 +117,35 @@ class ListQuery:
         )
 
 
-@attrs.frozen(kw_only=True)
-class Page:
-    """One page of a listing.
+def _list_arguments(
+    self: Any,
+    *,
+    updated_since: datetime | None = None,
+    updated_before: datetime | None = None,
+    created_since: datetime | None = None,
+    created_before: datetime | None = None,
+    status: StatusArg = None,
+    limit: int | None = None,
+    page_size: int | None = None,
+    order_by: str | None = None,
+    query: str | None = None,
+    **filters: Any,
+) -> None:
+    """The arguments of every listing (``list()``, ``pages()``, the hub's): defined once."""
 
-    Attributes:
-        items: the page's records, in the order the provider sent them (after removing any
-            record already yielded by an earlier page of the same listing).
-        total: how many records match the query in all, when the provider says.
-        has_more: whether the provider has more pages after this one.
-        meta: everything else the page's body said (Close's ``total_results`` and value
-            aggregates, Getraze's ``pagination``, ...), as received.
-    """
 
-    items: tuple[Opportunity, ...]
-    total: int | None = None
-    has_more: bool = False
-    meta: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+def _with_signature(reference: Callable[P, Any]) -> Callable[[Callable[..., R]], Callable[P, R]]:
+    """Give a method taking ``**arguments`` the typed signature of ``reference`` (for type
+    checkers and ``help()``), so the list arguments are written once."""
 
-    def __iter__(self) -> Iterator[Opportunity]:
-        return iter(self.items)
+    def decorate(fn: Callable[..., R]) -> Callable[P, R]:
+        returns = inspect.signature(fn).return_annotation
+        fn.__signature__ = inspect.signature(reference).replace(  # type: ignore[attr-defined]
+            return_annotation=returns
+        )
+        return fn
 
-    def __len__(self) -> int:
-        return len(self.items)
+    return decorate
 
 
 class BaseAdapter(abc.ABC):
@@ -144,7 +159,8 @@ class BaseAdapter(abc.ABC):
                 ...
 
     Args:
-        api_key: the provider's API key. Never shown in ``repr``, logs or errors.
+        api_key: the provider's API key. Never shown in ``repr``, logs or errors. Default:
+            the ``<PROVIDER>_API_KEY`` environment variable (``CLOSE_API_KEY``, ...).
         base_url: the API's root; ``https`` only, except for a loopback host.
         session: an :class:`aiohttp.ClientSession` to use (left open); by default the adapter
             creates one and closes it on exit.
@@ -155,6 +171,15 @@ class BaseAdapter(abc.ABC):
             :class:`~close_opps.RateLimitError` is raised at once, with ``retry_after``.
         page_size: records per page when ``list()`` is not told otherwise.
         concurrency: pages fetched at once when the provider tells the total up front.
+        proxy: an ``http(s)://`` proxy for every request. By default the adapter's own
+            session follows ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` (not for a loopback
+            host); a ``session`` you pass keeps its own settings.
+        user_agent: your application's product token (``"acme-sync/2.1"``), appended to
+            the ``User-Agent`` header. A ``User-Agent`` set on your ``session`` is kept.
+
+    Raises:
+        ValueError: no ``api_key`` and no ``<PROVIDER>_API_KEY`` variable (the message
+            names it), or an invalid option.
     """
 
     #: The provider's name, as in :attr:`Opportunity.provider`.
@@ -165,10 +190,12 @@ class BaseAdapter(abc.ABC):
     dialect_class: ClassVar[type[Dialect]]
     #: The largest page the provider serves, when known up front.
     max_page_size: ClassVar[int | None] = None
+    #: Filter names the adapter sets itself (refused in ``**filters``).
+    reserved_filters: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
-        api_key: str,
+        api_key: str | None = None,
         *,
         base_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
@@ -177,10 +204,14 @@ class BaseAdapter(abc.ABC):
         max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
         page_size: int = DEFAULT_PAGE_SIZE,
         concurrency: int = DEFAULT_CONCURRENCY,
+        proxy: str | None = None,
+        user_agent: str | None = None,
     ) -> None:
         #: The largest page the server named when refusing a larger one (see
         #: :meth:`_learn_max_page_size`); it holds for the adapter's lifetime.
         self._learned_max_page_size: int | None = None
+        #: The largest offset the server serves, once an error has named it.
+        self._max_offset: int | None = None
         self._page_size = self._check_page_size(page_size)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -188,12 +219,27 @@ class BaseAdapter(abc.ABC):
         self._transport = Transport(
             dialect=self.dialect_class(),
             base_url=base_url or self.default_base_url,
-            api_key=Secret(api_key),
+            api_key=Secret(self._api_key_or_env(api_key)),
             session=session,
             timeout=timeout,
             max_retries=max_retries,
             max_retry_wait=max_retry_wait,
+            proxy=proxy,
+            user_agent=user_agent,
         )
+
+    @classmethod
+    def _api_key_or_env(cls, api_key: str | None) -> str:
+        if api_key is not None:
+            return api_key
+        variable = api_key_env(cls.provider)
+        key = os.environ.get(variable, "")
+        if not key.strip():
+            raise ValueError(
+                f"{cls.provider}: no API key: pass api_key=... or set the {variable} "
+                "environment variable"
+            )
+        return key
 
     # ------------------------------------------------------------------ the common interface
 
@@ -220,42 +266,25 @@ class BaseAdapter(abc.ABC):
             NotFoundError: no such record for this key.
         """
 
-    @abc.abstractmethod
+    def paging_policy(self, query: ListQuery) -> PagingPolicy:
+        """The vendor's paging for one validated listing (for implementations).
+
+        The core's :class:`~close_opps.paging.Pager` runs it: an adapter implements this (a
+        pure request builder and page parser), not the page loop.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement paging_policy()")
+
     def _pages(self, query: ListQuery) -> AsyncGenerator[Page, None]:
         """The pages of a validated listing, honouring ``query.limit``."""
+        return Pager(self, self.paging_policy(query), query).pages()
 
-    def pages(
-        self,
-        *,
-        updated_since: datetime | None = None,
-        updated_before: datetime | None = None,
-        created_since: datetime | None = None,
-        created_before: datetime | None = None,
-        status: StatusArg = None,
-        limit: int | None = None,
-        page_size: int | None = None,
-        order_by: str | None = None,
-        query: str | None = None,
-        **filters: Any,
-    ) -> AsyncGenerator[Page, None]:
+    @_with_signature(_list_arguments)
+    def pages(self, **arguments: Any) -> AsyncGenerator[Page, None]:
         """The listing page by page, for callers who want totals and aggregates.
 
-        Takes the same arguments as :meth:`list`.
+        Takes the same arguments as :meth:`list` (checked at the call, before any request).
         """
-        return self._limited(
-            self._list_query(
-                updated_since=updated_since,
-                updated_before=updated_before,
-                created_since=created_since,
-                created_before=created_before,
-                status=status,
-                limit=limit,
-                page_size=page_size,
-                order_by=order_by,
-                query=query,
-                filters=filters,
-            )
-        )
+        return self._limited(self.list_query(**arguments))
 
     async def aclose(self) -> None:
         """Release the HTTP session if the adapter created it."""
@@ -293,26 +322,15 @@ class BaseAdapter(abc.ABC):
                 remaining -= len(page.items)
                 yield page
 
-    async def _items(self, query: ListQuery) -> AsyncIterator[Opportunity]:
+    async def _items(self, query: ListQuery) -> AsyncGenerator[Opportunity, None]:
         async with aclosing(self._limited(query)) as pages:
             async for page in pages:
                 for item in page.items:
                     yield item
 
     async def _send(self, request: Request) -> Response:
+        """Send a request through the adapter's transport (for implementations)."""
         return await self._transport.send(request)
-
-    async def _decode(
-        self, records: builtins.list[Any], decode_one: Callable[[Any, int], T]
-    ) -> builtins.list[T]:
-        """Decode a page's records, in a worker thread when the page is large."""
-
-        def run() -> builtins.list[T]:
-            return [decode_one(record, index) for index, record in enumerate(records)]
-
-        if len(records) > _OFFLOAD_RECORDS:
-            return await asyncio.to_thread(run)
-        return run()
 
     def _check_page_size(self, page_size: int) -> int:
         """``page_size`` validated and capped at the provider's known maximum."""
@@ -333,24 +351,52 @@ class BaseAdapter(abc.ABC):
         )
         self._learned_max_page_size = maximum
 
+    def check_filters(self, filters: Mapping[str, Any]) -> None:
+        """Refuse vendor filters that cannot be honoured (for implementations).
+
+        The default refuses :attr:`reserved_filters`; a provider adds its own rules (a
+        filter its server ignores, a value it cannot take). Raise :class:`ValueError`.
+        """
+        for key in filters:
+            if key in self.reserved_filters:
+                raise ValueError(
+                    f"{key} is managed by the adapter; use list()'s own arguments "
+                    "(limit, page_size, order_by, ...) instead"
+                )
+
+    @_with_signature(_list_arguments)
+    def list_query(self, **arguments: Any) -> ListQuery:
+        """The listing these arguments describe, every argument checked (before any request).
+
+        Raises:
+            ValueError: an argument is invalid (a naive datetime, an unknown status, a
+                filter the adapter manages or cannot honour).
+            TypeError: an argument has the wrong type.
+        """
+        return self._list_query(**arguments)
+
     def _list_query(
         self,
         *,
-        updated_since: datetime | None,
-        updated_before: datetime | None,
-        created_since: datetime | None,
-        created_before: datetime | None,
-        status: StatusArg,
-        limit: int | None,
-        page_size: int | None,
-        order_by: str | None,
-        query: str | None,
-        filters: Mapping[str, Any],
+        updated_since: datetime | None = None,
+        updated_before: datetime | None = None,
+        created_since: datetime | None = None,
+        created_before: datetime | None = None,
+        status: StatusArg = None,
+        limit: int | None = None,
+        page_size: int | None = None,
+        order_by: str | None = None,
+        query: str | None = None,
+        **filters: Any,
     ) -> ListQuery:
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
         ):
             raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+        for name, text in (("order_by", order_by), ("query", query)):
+            if text is not None and not isinstance(text, str):
+                raise TypeError(f"{name} must be a string, got {type(text).__name__}")
+        self.check_filters(filters)
         return ListQuery(
             updated_since=_aware_or_none("updated_since", updated_since),
             updated_before=_aware_or_none("updated_before", updated_before),
@@ -367,20 +413,8 @@ class BaseAdapter(abc.ABC):
     # ------------------------------------------------------------------------- list, last
     # (defined last so that ``list`` in annotations above still means the builtin)
 
-    def list(
-        self,
-        *,
-        updated_since: datetime | None = None,
-        updated_before: datetime | None = None,
-        created_since: datetime | None = None,
-        created_before: datetime | None = None,
-        status: StatusArg = None,
-        limit: int | None = None,
-        page_size: int | None = None,
-        order_by: str | None = None,
-        query: str | None = None,
-        **filters: Any,
-    ) -> AsyncIterator[Opportunity]:
+    @_with_signature(_list_arguments)
+    def list(self, **arguments: Any) -> AsyncGenerator[Opportunity, None]:
         """Every matching opportunity, exactly once, fetched page by page.
 
         Args:
@@ -397,20 +431,19 @@ class BaseAdapter(abc.ABC):
             query: the provider's free-text search, where it has one.
             **filters: any other filter of the provider's list endpoint, by its own name.
 
+        Every argument is checked at the call, before any request. Iterating then raises:
+
         Raises:
-            ValueError: an argument is invalid (a naive datetime, an unknown status).
+            ValueError: an argument is invalid (a naive datetime, an unknown status, a
+                filter the adapter manages or cannot honour).
+            IncompleteListingError: the listing ended with fewer records than the provider
+                said match (after yielding every record it found, and re-reading).
+            PaginationError: the listing cannot go on without losing or repeating records
+                (the server does not honour paging).
+            AuthenticationError, PermissionDeniedError, InvalidRequestError,
+                RateLimitError, ServerError, EndpointNotFoundError: the provider answered
+                with an error (after retries, for the retryable ones).
+            TransportError: no usable answer (connection failures, timeouts), after retries.
+            DecodeError: an answer does not match the vendor's contract.
         """
-        return self._items(
-            self._list_query(
-                updated_since=updated_since,
-                updated_before=updated_before,
-                created_since=created_since,
-                created_before=created_before,
-                status=status,
-                limit=limit,
-                page_size=page_size,
-                order_by=order_by,
-                query=query,
-                filters=filters,
-            )
-        )
+        return self._items(self.list_query(**arguments))

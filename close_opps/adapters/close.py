@@ -8,8 +8,7 @@ maximum ``_skip``.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, Iterable, Mapping
-from contextlib import aclosing
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any, Final
@@ -18,14 +17,22 @@ import aiohttp
 import attrs
 
 from close_opps._decoding import decode, make_converter
-from close_opps._paging import fetch_in_order
 from close_opps._redact import get_logger
-from close_opps.adapters.base import BaseAdapter, ListQuery, Page
-from close_opps.errors import DecodeError, InvalidRequestError, PaginationError
-from close_opps.http import Dialect, Request, Secret, path_segment
+from close_opps.adapters._close_webhooks import CloseWebhooksMixin
+from close_opps.adapters.base import BaseAdapter, ListQuery
+from close_opps.errors import DecodeError
+from close_opps.http import Dialect, ErrorFields, Request, Response, Secret, opt_str, path_segment
 from close_opps.model import Contact, Money, Opportunity, OpportunityStatus, Ref
+from close_opps.paging import PageRequest, PagingPolicy, ParsedPage
 
-__all__ = ["CloseAdapter", "CloseDialect", "CloseOpportunity", "close_to_opportunity"]
+__all__ = [
+    "CloseAdapter",
+    "CloseDialect",
+    "CloseOpportunity",
+    "ClosePaging",
+    "close_to_opportunity",
+    "parse_list_page",
+]
 
 logger = get_logger("close_opps.close")
 
@@ -49,18 +56,65 @@ _RESUMABLE_ORDER: Final = {"date_updated": "date_updated", "date_created": "date
 #: one place back: offset pages would skip one.)
 _DEFAULT_ORDER: Final = "date_created"
 _LIST_PARAMS_OWNED: Final = frozenset({"_skip", "_limit", "_order_by", "_group_by", "_fields"})
-#: A number in an error message (at most 12 digits: a longer one is no usable maximum).
-_NUMBER = re.compile(r"(?<!\d)(\d{1,12})(?!\d)")
 
 
 class CloseDialect(Dialect):
-    """Close's HTTP: Basic auth with the key as user name; ``{"error": …}`` bodies."""
+    """Close's HTTP: Basic auth with the key as user name; ``{"error": …}`` bodies.
+
+    Error bodies: ``{"error": "<message>"}`` (most 4xx, and a missing record's 404), and a
+    validation 400 ``{"errors": [...], "field-errors": {"field": "message"}}``. A 400 about
+    ``_skip`` or ``_limit`` is read into the maximum it names (``max_skip = 250000``). A 404 is
+    "no such record" only with Close's JSON ``{"error": ...}`` body; an HTML or empty 404 means
+    the route does not exist.
+    """
 
     provider = PROVIDER
 
     def auth_headers(self, api_key: Secret) -> dict[str, str]:
         """``Authorization: Basic base64(key + ":")``, the key as user name, no password."""
         return {"Authorization": aiohttp.encode_basic_auth(api_key.reveal())}
+
+    def error_fields(self, data: Any) -> ErrorFields:
+        """Read Close's error bodies and the paging limits a 400 names."""
+        if not isinstance(data, Mapping):
+            return super().error_fields(data)
+        error = data.get("error")
+        message = opt_str(error)
+        if isinstance(error, Mapping):
+            message = opt_str(error.get("message"))
+        raw_field_errors = data.get("field-errors")
+        field_errors = (
+            {str(k): str(v) for k, v in raw_field_errors.items()}
+            if isinstance(raw_field_errors, Mapping)
+            else {}
+        )
+        errors = data.get("errors")
+        if not message and isinstance(errors, list) and errors:
+            message = "; ".join(str(e) for e in errors)
+        if not message and field_errors:
+            message = "; ".join(f"{k}: {v}" for k, v in field_errors.items())
+        text = (message or "").lower()
+        offset_too_large = "skip" in text
+        max_page_size = None
+        if not offset_too_large and ("limit" in text or "_limit" in field_errors):
+            max_page_size = _named_number(
+                text + " " + field_errors.get("_limit", "").lower(), "max_limit"
+            )
+        return ErrorFields(
+            code=opt_str(data.get("code")),
+            message=message,
+            field_errors=field_errors,
+            offset_too_large=offset_too_large,
+            max_offset=_named_number(text, "max_skip") if offset_too_large else None,
+            max_page_size=max_page_size,
+            record_missing=isinstance(error, str),
+        )
+
+
+def _named_number(text: str, name: str) -> int | None:
+    """``N`` from ``name = N`` in ``text``, else the first number in it (positive only)."""
+    found = re.search(rf"{name}\s*=\s*(\d{{1,9}})\b", text) or re.search(r"\b(\d{1,9})\b", text)
+    return int(found.group(1)) if found and int(found.group(1)) > 0 else None
 
 
 # ------------------------------------------------------------------------- the vendor record
@@ -181,71 +235,113 @@ def close_to_opportunity(raw: Mapping[str, Any], *, path: str = "$") -> Opportun
 # --------------------------------------------------------------------------------- listing
 
 
-class _SkipLimitReached(Exception):
-    """The next page of a window would be past Close's maximum ``_skip``."""
+def parse_list_page(data: Any) -> ParsedPage:
+    """One ``GET /opportunity/`` body as a page (pure).
 
-
-def _skip_limit(error: InvalidRequestError) -> int | bool:
-    """For a 400 about ``_skip``: the maximum it names, ``True`` when it names none.
-
-    ``False`` when the error is not about ``_skip``.
+    Raises:
+        DecodeError: the body, or one of its records, does not match Close's contract.
     """
-    text = error.message.lower()
-    if "skip" not in text:
-        return False
-    found = re.search(r"max_skip\s*=\s*(\d{1,12})(?!\d)", text) or _NUMBER.search(text)
-    return int(found.group(1)) if found else True
+    if not isinstance(data, Mapping):
+        raise DecodeError("the list body is not an object", provider=PROVIDER, path="$")
+    records = data.get("data")
+    if not isinstance(records, list):
+        raise DecodeError(
+            f"expected a list of records, got {type(records).__name__}",
+            provider=PROVIDER,
+            path="$.data",
+        )
+    has_more = data.get("has_more")
+    if not isinstance(has_more, bool):
+        raise DecodeError("expected a boolean", provider=PROVIDER, path="$.has_more")
+    total = data.get("total_results")
+    if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
+        raise DecodeError(
+            f"expected a non-negative integer, got {total!r:.40}",
+            provider=PROVIDER,
+            path="$.total_results",
+        )
+    return ParsedPage(
+        records=[close_to_opportunity(raw, path=f"$.data[{i}]") for i, raw in enumerate(records)],
+        total=total,
+        has_more=has_more,
+        meta={k: v for k, v in data.items() if k != "data"},
+    )
 
 
-def _page_size_limit(error: InvalidRequestError) -> int | None:
-    """For a 400 about ``_limit``: the maximum page size it names."""
-    text = error.message.lower()
-    if "limit" not in text or "skip" in text:
+class ClosePaging(PagingPolicy):
+    """Close's ``_skip``/``_limit`` paging for one listing.
+
+    Ordered by ``date_created`` or ``date_updated`` (either direction), a listing that reaches
+    Close's maximum ``_skip`` goes on from the last timestamp seen: the window's bound becomes
+    ``date_created__gte`` (``__lte`` descending) that timestamp.
+    """
+
+    def __init__(self, query: ListQuery) -> None:
+        order = query.order_by or _DEFAULT_ORDER
+        self._order = order
+        self._order_field = _RESUMABLE_ORDER.get(order.lstrip("-"))
+        self.descending = order.startswith("-")
+        self.can_move_window = self._order_field is not None
+        self._params = _list_params(query, order)
+
+    def request(self, page: PageRequest) -> Request:
+        """``GET /opportunity/?_skip=…&_limit=…``, the window's bound added."""
+        params = dict(self._params)
+        if page.bound is not None and self._order_field is not None:
+            key = f"{self._order_field}__{'lte' if self.descending else 'gte'}"
+            current = params.get(key)
+            tighter = min if self.descending else max
+            bound = page.bound if current is None else tighter(current, page.bound)
+            params[key] = bound
+        params = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in params.items()}
+        return Request(
+            path="/opportunity/", params={**params, "_skip": page.offset, "_limit": page.size}
+        )
+
+    def parse(self, response: Response, page: PageRequest) -> ParsedPage:
+        """See :func:`parse_list_page`."""
+        return parse_list_page(response.data)
+
+    def sort_key(self, record: Opportunity) -> Any:
+        """``date_created`` or ``date_updated``, as ordered; ``None`` for another order."""
+        if self._order_field == "date_created":
+            return record.created_at
+        if self._order_field == "date_updated":
+            return record.updated_at
         return None
-    found = re.search(r"max_limit\s*=\s*(\d{1,12})(?!\d)", text) or _NUMBER.search(text)
-    return int(found.group(1)) if found and int(found.group(1)) > 0 else None
 
 
-@attrs.define
-class _Window:
-    """Where a listing stands: the moved bound, and the ids already yielded at the last key."""
-
-    order_field: str | None
-    descending: bool
-    bound: datetime | None = None
-    last_key: datetime | None = None
-    ids_at_last_key: set[str] = attrs.Factory(set)
-    in_order: bool = True
-
-    def fresh(self, items: Iterable[Opportunity]) -> list[Opportunity]:
-        """The records not yielded yet, remembering them (records arrive in window order)."""
-        out = []
-        for item in items:
-            if self.order_field is None:
-                out.append(item)
-                continue
-            key = item.updated_at if self.order_field == "date_updated" else item.created_at
-            if self.last_key is not None and key == self.last_key:
-                if item.id in self.ids_at_last_key:
-                    continue
-                self.ids_at_last_key.add(item.id)
-            else:
-                if self.last_key is not None and (key < self.last_key) != self.descending:
-                    self.in_order = False
-                self.last_key = key
-                self.ids_at_last_key = {item.id}
-            out.append(item)
-        return out
+def _list_params(query: ListQuery, order: str) -> dict[str, Any]:
+    params: dict[str, Any] = dict(query.filters)
+    if query.statuses is not None:
+        types = sorted(_TYPE_BY_STATUS[s] for s in query.statuses)
+        if len(types) == 1:
+            params["status_type"] = types[0]
+        else:
+            params["status_type__in"] = ",".join(types)
+    bounds = {
+        "date_updated__gte": query.updated_since,
+        "date_updated__lt": query.updated_before,
+        "date_created__gte": query.created_since,
+        "date_created__lt": query.created_before,
+    }
+    params.update({k: v for k, v in bounds.items() if v is not None})
+    if query.query is not None:
+        params["query"] = query.query
+    params["_order_by"] = order
+    return params
 
 
-class CloseAdapter(BaseAdapter):
+class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
     """Opportunities from Close.
 
     ``list()`` orders by ``date_created`` (oldest first: edits made while the listing runs
     move no record) unless ``order_by`` says otherwise, and gets past Close's maximum
     ``_skip`` by restarting from the last ``date_created`` seen, dropping the records
-    already yielded at that instant. Once the first page has told
-    the total, the following pages are fetched ``concurrency`` at a time, in order.
+    already yielded at that instant. Once the first page has told the total, the following
+    pages are fetched ``concurrency`` at a time, in order; a listing that ends with fewer
+    records than ``total_results`` re-reads, then raises
+    :class:`~close_opps.IncompleteListingError`.
 
     Filters of Close's list endpoint are passed by their own names: ``lead_id``, ``user_id``,
     ``status_id``, ``status_label``, ``value_period``, their ``__in`` forms (a list or a
@@ -256,8 +352,7 @@ class CloseAdapter(BaseAdapter):
     default_base_url = "https://api.close.com/api/v1"
     dialect_class = CloseDialect
 
-    #: Close's maximum ``_skip``, once a 400 has named it; it holds for the adapter's lifetime.
-    _max_skip: int | None = None
+    reserved_filters = _LIST_PARAMS_OWNED
 
     async def get(self, opportunity_id: str, *, fields: Iterable[str] | None = None) -> Opportunity:
         """One opportunity: ``GET /opportunity/{id}/``."""
@@ -270,176 +365,6 @@ class CloseAdapter(BaseAdapter):
         )
         return close_to_opportunity(response.data)
 
-    def _params(self, query: ListQuery, window: _Window) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        for key, value in query.filters.items():
-            if key in _LIST_PARAMS_OWNED:
-                raise ValueError(
-                    f"{key} is managed by the adapter; use list()'s own arguments instead"
-                )
-            params[key] = value
-        if query.statuses is not None:
-            types = sorted(_TYPE_BY_STATUS[s] for s in query.statuses)
-            if len(types) == 1:
-                params["status_type"] = types[0]
-            else:
-                params["status_type__in"] = ",".join(types)
-        bounds = {
-            "date_updated__gte": query.updated_since,
-            "date_updated__lt": query.updated_before,
-            "date_created__gte": query.created_since,
-            "date_created__lt": query.created_before,
-        }
-        if window.bound is not None and window.order_field is not None:
-            op = "lte" if window.descending else "gte"
-            key = f"{window.order_field}__{op}"
-            current = bounds.get(key)
-            tighter = max if op == "gte" else min
-            bounds[key] = window.bound if current is None else tighter(current, window.bound)
-        params.update({k: v.isoformat() for k, v in bounds.items() if v is not None})
-        if query.query is not None:
-            params["query"] = query.query
-        params["_order_by"] = query.order_by or _DEFAULT_ORDER
-        return params
-
-    async def _fetch(self, params: Mapping[str, Any], skip: int, limit: int) -> Page:
-        response = await self._send(
-            Request(path="/opportunity/", params={**params, "_skip": skip, "_limit": limit})
-        )
-        body = response.data
-        if not isinstance(body, Mapping):
-            raise DecodeError("the list body is not an object", provider=PROVIDER, path="$")
-        records = body.get("data")
-        if not isinstance(records, list):
-            raise DecodeError(
-                f"expected a list of records, got {type(records).__name__}",
-                provider=PROVIDER,
-                path="$.data",
-            )
-        has_more = body.get("has_more")
-        if not isinstance(has_more, bool):
-            raise DecodeError("expected a boolean", provider=PROVIDER, path="$.has_more")
-        total = body.get("total_results")
-        items = await self._decode(
-            records, lambda raw, i: close_to_opportunity(raw, path=f"$.data[{i}]")
-        )
-        return Page(
-            items=tuple(items),
-            total=total if isinstance(total, int) and not isinstance(total, bool) else None,
-            has_more=has_more,
-            meta={k: v for k, v in body.items() if k != "data"},
-        )
-
-    async def _first_page(self, params: Mapping[str, Any], page_size: int) -> tuple[Page, int]:
-        """The window's first page, learning Close's maximum page size if it names one."""
-        while True:
-            try:
-                return await self._fetch(params, 0, page_size), page_size
-            except InvalidRequestError as exc:
-                maximum = _page_size_limit(exc)
-                if maximum is None or maximum >= page_size:
-                    raise
-                self._learn_max_page_size(page_size, maximum)
-                page_size = maximum
-
-    async def _window_pages(
-        self, params: Mapping[str, Any], page_size: int, wanted: int | None
-    ) -> AsyncGenerator[Page, None]:
-        """The pages of one window (one set of bounds), ``_skip`` growing from 0.
-
-        Raises:
-            _SkipLimitReached: the next page would be past the maximum ``_skip``.
-            InvalidRequestError: (from the server) among others, a ``_skip`` over its maximum.
-        """
-        last, page_size = await self._first_page(
-            params, min(page_size, wanted) if wanted else page_size
-        )
-        yield last
-        skip = page_size
-        while last.has_more:
-            if wanted is not None and skip >= wanted:
-                return
-            if self._max_skip is not None and skip > self._max_skip:
-                raise _SkipLimitReached
-            if last.total is None or skip >= last.total:
-                # No total (or it grew): each page must be seen before asking for the next.
-                last = await self._fetch(params, skip, page_size)
-                yield last
-                skip += page_size
-                continue
-            end = min(
-                last.total,
-                wanted if wanted is not None else last.total,
-                self._max_skip + 1 if self._max_skip is not None else last.total,
-            )
-            skips = range(skip, end, page_size)
-            fetches = (lambda s=s: self._fetch(params, s, page_size) for s in skips)
-            async with aclosing(fetch_in_order(fetches, concurrency=self.concurrency)) as pages:
-                async for last in pages:
-                    yield last
-                    if not last.has_more:
-                        return
-            skip = skips[-1] + page_size
-
-    async def _pages(self, query: ListQuery) -> AsyncGenerator[Page, None]:
-        order = query.order_by or _DEFAULT_ORDER
-        window = _Window(
-            order_field=_RESUMABLE_ORDER.get(order.lstrip("-")),
-            descending=order.startswith("-"),
-        )
-        wanted = query.limit  # records still wanted, or None for all
-        while True:
-            yielded = 0
-            # Records at the window's bound already yielded come again: ask for that many more.
-            cap = wanted + len(window.ids_at_last_key) if wanted is not None else None
-            page_size = self._check_page_size(query.page_size)  # a maximum learned meanwhile
-            try:
-                async with aclosing(
-                    self._window_pages(self._params(query, window), page_size, cap)
-                ) as pages:
-                    async for page in pages:
-                        items = window.fresh(page.items)
-                        yielded += len(items)
-                        if wanted is not None:
-                            wanted -= len(items)
-                        yield attrs.evolve(page, items=tuple(items))
-                        if wanted is not None and wanted <= 0:
-                            return
-                return
-            except _SkipLimitReached:
-                pass
-            except InvalidRequestError as exc:
-                maximum = _skip_limit(exc)
-                if maximum is False:
-                    raise
-                if maximum is not True:
-                    self._max_skip = maximum
-            self._move_window(window, order, yielded)
-
-    def _move_window(self, window: _Window, order: str, yielded: int) -> None:
-        if window.order_field is None:
-            raise PaginationError(
-                f"the listing reached Close's maximum _skip ({self._max_skip}) and cannot go on "
-                f"when ordered by {order!r}: order by date_updated or date_created (the default), "
-                "or narrow the query",
-                provider=PROVIDER,
-            )
-        if not window.in_order:
-            raise PaginationError(
-                f"the listing reached Close's maximum _skip but the server did not honour "
-                f"_order_by={order}, so it cannot resume without losing records",
-                provider=PROVIDER,
-            )
-        if window.last_key is None or (window.bound == window.last_key and yielded == 0):
-            raise PaginationError(
-                f"more records share {window.order_field}={window.last_key} than Close's maximum "
-                f"_skip ({self._max_skip}) lets one listing reach; narrow the query",
-                provider=PROVIDER,
-            )
-        logger.info(
-            "close: reached the maximum _skip; resuming from %s %s %s",
-            window.order_field,
-            "<=" if window.descending else ">=",
-            window.last_key.isoformat(),
-        )
-        window.bound = window.last_key
+    def paging_policy(self, query: ListQuery) -> ClosePaging:
+        """Close's paging for ``query``."""
+        return ClosePaging(query)

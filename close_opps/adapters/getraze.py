@@ -10,10 +10,9 @@ the mapping table, and for what ``updated_since`` and ``status`` cost.
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import AsyncGenerator, Iterable, Mapping
-from contextlib import aclosing
+import uuid
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -21,13 +20,13 @@ from typing import Any, Final
 import attrs
 
 from close_opps._decoding import decode, make_converter
-from close_opps._paging import fetch_in_order
 from close_opps._redact import get_logger
-from close_opps.adapters.base import BaseAdapter, ListQuery, Page
+from close_opps.adapters.base import BaseAdapter, ListQuery
 from close_opps.errors import (
     APIError,
     AuthenticationError,
     DecodeError,
+    InvalidArgumentError,
     InvalidRequestError,
     NotFoundError,
     PaginationError,
@@ -39,19 +38,24 @@ from close_opps.http import (
     Dialect,
     ErrorFields,
     Request,
+    Response,
     Secret,
+    opt_str,
     parse_rate_limit,
     path_segment,
 )
 from close_opps.model import Contact, Money, Opportunity, OpportunityStatus, Ref
+from close_opps.paging import PageRequest, PagingPolicy, ParsedPage
 
 __all__ = [
     "GetrazeAdapter",
     "GetrazeDialect",
     "GetrazeOpportunity",
     "GetrazePagination",
+    "GetrazePaging",
     "GetrazeUser",
     "getraze_to_opportunity",
+    "parse_list_page",
 ]
 
 logger = get_logger("close_opps.getraze")
@@ -94,7 +98,31 @@ _OPEN_WORDS: Final = frozenset(
     }
 )
 #: List parameters the adapter sets itself.
-_LIST_PARAMS_OWNED: Final = frozenset({"page", "sort_by", "sort_order"})
+_LIST_PARAMS_OWNED: Final = frozenset({"page", "limit", "sort_by", "sort_order"})
+#: List filters the server ignores today (it returns every record), with what to do instead.
+_IGNORED_BY_SERVER: Final = {"responsible_user_id": "use owner_user_id"}
+#: Filters applied by the SDK to the records, since the server ignores them.
+_APPLIED_LOCALLY: Final = frozenset({"source"})
+#: Filters the server needs as UUIDs (anything else gets a 500 that no retry mends).
+_UUID_FILTERS: Final = frozenset({"stage_id", "pipeline_id", "campaign_id", "owner_user_id"})
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_uuid(value: Any, *, what: str) -> None:
+    """Refuse a value that is not a UUID before it reaches the server."""
+    if not _is_uuid(str(value)):
+        raise InvalidArgumentError(
+            f"{what} must be a UUID (Getraze's ids all are), got {str(value)[:60]!r}: it is "
+            "malformed, and Getraze's server would fail on it with a 500",
+            provider=PROVIDER,
+        ) from None
 
 
 class GetrazeDialect(Dialect):
@@ -113,14 +141,32 @@ class GetrazeDialect(Dialect):
         return {"X-API-Key": api_key.reveal()}
 
     def error_fields(self, data: Any) -> ErrorFields:
-        """The common reading, plus ``error.retry_after`` (seconds) from the body."""
-        fields = super().error_fields(data)
-        error = data.get("error") if isinstance(data, Mapping) else None
+        """Read the envelope ``{"success": false, "error": {"code", "message", "details",
+        "retry_after"}}``, and the router's ``{"success": false, "message": "Route not found:
+        ..."}`` (no code: a wrong path, not a missing record)."""
+        if not isinstance(data, Mapping):
+            return super().error_fields(data)
+        error = data.get("error")
+        code = message = None
+        retry_after = None
+        field_errors: dict[str, str] = {}
         if isinstance(error, Mapping):
+            code = opt_str(error.get("code"))
+            message = opt_str(error.get("message"))
             retry_after = _seconds(error.get("retry_after"))
-            if retry_after is not None:
-                fields = attrs.evolve(fields, retry_after=retry_after)
-        return fields
+            details = error.get("details")
+            if isinstance(details, Mapping):
+                field_errors = {str(k): str(v) for k, v in details.items()}
+        elif isinstance(error, str):
+            message = error
+        message = message or opt_str(data.get("message"))
+        return ErrorFields(
+            code=code,
+            message=message,
+            field_errors=field_errors,
+            retry_after=retry_after,
+            record_missing=code == "NOT_FOUND",
+        )
 
     def retry_after(
         self, status: int, headers: Mapping[str, str], fields: ErrorFields
@@ -368,107 +414,134 @@ def _shape(value: Any) -> str:
     return type(value).__name__
 
 
-@attrs.frozen(kw_only=True)
-class _Fetched:
-    """One list page as fetched: decoded records and what its pagination says."""
+def parse_list_page(data: Any, *, page_number: int, page_size: int) -> ParsedPage:
+    """One ``GET /opportunities`` body as a page (pure), in either list form.
 
-    number: int
-    records: tuple[Opportunity, ...]
-    pagination: GetrazePagination | None
-    meta: Mapping[str, Any]
-    has_next: bool
-
-    @property
-    def total_pages(self) -> int | None:
-        return self.pagination.total_pages if self.pagination is not None else None
-
-
-@attrs.define
-class _Listing:
-    """The state of one listing: ids yielded, the ``updated_at`` sort check, the stop bound."""
-
-    query: ListQuery
-    #: Whether the listing is sorted by updated_at descending to stop at ``updated_since``.
-    stop_at_bound: bool
-    seen: set[str] = attrs.Factory(set)
-    yielded: int = 0
-    #: The newest and the oldest updated_at seen so far, and how many records lie between.
-    first_updated: datetime | None = None
-    last_updated: datetime | None = None
-    in_order_count: int = 0
-    in_order: bool = True
-    reached_bound: bool = False
-
-    @property
-    def stopping(self) -> bool:
-        """Whether the listing may still end at the ``updated_since`` bound."""
-        return self.stop_at_bound and self.in_order
-
-    @property
-    def exact(self) -> bool:
-        """Whether every record the server sends (until the bound) is yielded."""
-        q = self.query
-        local = (
-            q.statuses is not None
-            or q.updated_before is not None
-            or q.created_since is not None
-            or q.created_before is not None
-            or (q.updated_since is not None and not self.stopping)
+    Raises:
+        DecodeError: the body, its pagination or one of its records does not match.
+        PaginationError: the server answered another page than ``page_number``.
+    """
+    records_data = _unwrap(data)
+    if isinstance(records_data, list):  # the form the server sends today
+        records, prefix = records_data, "$.data"
+        raw_pagination, pagination_path = data.get("pagination"), "$.pagination"
+        meta = {k: v for k, v in data.items() if k not in ("success", "data")}
+    elif isinstance(records_data, Mapping) and isinstance(records_data.get("opportunities"), list):
+        records, prefix = records_data["opportunities"], "$.data.opportunities"
+        raw_pagination, pagination_path = records_data.get("pagination"), "$.data.pagination"
+        meta = {k: v for k, v in records_data.items() if k != "opportunities"}
+    else:
+        raise DecodeError(
+            f"expected a list of records in data or data.opportunities, got {_shape(records_data)}",
+            provider=PROVIDER,
+            path="$.data",
         )
-        return not local
-
-    def pages_to_bound(self, page_size: int) -> int | None:
-        """A guess of the pages still to read before the ``updated_since`` bound, from the
-        pace of updates so far (``None``: no guess yet)."""
-        bound = self.query.updated_since
-        if bound is None or self.first_updated is None or self.last_updated is None:
-            return None
-        span = (self.first_updated - self.last_updated).total_seconds()
-        if span <= 0 or self.in_order_count < 2:
-            return None
-        gap = max(0.0, (self.last_updated - bound).total_seconds())
-        records_left = gap * (self.in_order_count - 1) / span
-        # One more record than that: the listing ends on seeing a record older than the bound.
-        return max(1, math.ceil((records_left + 1) / page_size))
-
-    def wants_more(self, fetched: _Fetched) -> bool:
-        """Whether pages after ``fetched`` are needed."""
-        return fetched.has_next and not (self.stopping and self.reached_bound)
-
-    def take(self, fetched: _Fetched) -> Page:
-        """The page of ``fetched``'s records not yielded yet that match the query."""
-        bound = self.query.updated_since
-        items = []
-        for item in fetched.records:
-            if self.stopping:
-                if self.last_updated is not None and item.updated_at > self.last_updated:
-                    self.in_order = False
-                    logger.warning(
-                        "getraze: the server did not honour sort_by=updated_at desc (page %d "
-                        "goes up in updated_at); reading every page and filtering "
-                        "updated_since locally",
-                        fetched.number,
-                    )
-                else:
-                    if self.first_updated is None:
-                        self.first_updated = item.updated_at
-                    self.last_updated = item.updated_at
-                    self.in_order_count += 1
-                    if bound is not None and item.updated_at < bound:
-                        self.reached_bound = True
-            if item.id in self.seen:
-                continue
-            self.seen.add(item.id)
-            if self.query.matches(item):
-                items.append(item)
-        self.yielded += len(items)
-        total = fetched.pagination.total if fetched.pagination is not None else None
-        return Page(
-            items=tuple(items),
-            total=total if self.exact and self.query.updated_since is None else None,
-            has_more=self.wants_more(fetched),
-            meta=fetched.meta,
+    pagination = (
+        decode(
+            _converter, raw_pagination, GetrazePagination, provider=PROVIDER, path=pagination_path
         )
+        if raw_pagination is not None
+        else None
+    )
+    if pagination is not None and pagination.page is not None and pagination.page != page_number:
+        raise PaginationError(
+            f"asked for page {page_number} and the server answered page {pagination.page}: "
+            "it does not honour the page parameter, so the listing cannot go on",
+            provider=PROVIDER,
+        )
+    items = [getraze_to_opportunity(raw, path=f"{prefix}[{i}]") for i, raw in enumerate(records)]
+    if not items:
+        has_next = False
+    elif pagination is not None and pagination.has_next is not None:
+        has_next = pagination.has_next
+    elif pagination is not None and pagination.total_pages is not None:
+        has_next = page_number < pagination.total_pages
+    else:
+        has_next = len(items) >= page_size
+    total = pagination.total if pagination is not None else None
+    if total is not None and total < 0:
+        raise DecodeError(
+            f"expected a non-negative integer, got {total}",
+            provider=PROVIDER,
+            path=f"{pagination_path}.total",
+        )
+    return ParsedPage(records=items, total=total, has_more=has_next, meta=meta)
+
+
+class GetrazePaging(PagingPolicy):
+    """Getraze's ``page``/``limit`` paging for one listing.
+
+    With ``updated_since`` (and no other order) the listing is sorted by ``updated_at``
+    descending and ends at the first record older than the bound. Every other filter of
+    ``list()`` (status, dates) and ``source`` are applied locally: the server ignores them.
+    """
+
+    aligned_offsets = True
+
+    def __init__(self, query: ListQuery) -> None:
+        self._query = query
+        sort = _sort(query.order_by) if query.order_by is not None else None
+        self._stop_at_bound = query.updated_since is not None and sort in (
+            None,
+            ("updated_at", "desc"),
+        )
+        sort_by, sort_order = (
+            ("updated_at", "desc") if self._stop_at_bound else _sort(query.order_by)
+        )
+        self.descending = sort_order == "desc"
+        self._sort_by = sort_by
+        self.may_end_early = self._stop_at_bound
+        self._source = query.filters.get("source")
+        self.filters_locally = (
+            query.statuses is not None
+            or query.updated_since is not None
+            or query.updated_before is not None
+            or query.created_since is not None
+            or query.created_before is not None
+            or self._source is not None
+        )
+        params = {k: v for k, v in query.filters.items() if k not in _APPLIED_LOCALLY}
+        if query.query is not None:
+            params["search"] = query.query
+        params["sort_by"] = sort_by
+        params["sort_order"] = sort_order
+        self._params = params
+
+    def request(self, page: PageRequest) -> Request:
+        """``GET /opportunities?page=…&limit=…``."""
+        number = page.offset // page.size + 1
+        return Request(
+            path="/opportunities", params={**self._params, "page": number, "limit": page.size}
+        )
+
+    def parse(self, response: Response, page: PageRequest) -> ParsedPage:
+        """See :func:`parse_list_page`."""
+        return parse_list_page(
+            response.data, page_number=page.offset // page.size + 1, page_size=page.size
+        )
+
+    def sort_key(self, record: Opportunity) -> Any:
+        """``created_at`` or ``updated_at``, as sorted; ``None`` for another order."""
+        if self._sort_by == "created_at":
+            return record.created_at
+        if self._sort_by == "updated_at":
+            return record.updated_at
+        return None
+
+    def matches(self, record: Opportunity) -> bool:
+        """The query's statuses and date bounds, and ``source``: none is a server filter."""
+        if self._source is not None and record.source != self._source:
+            return False
+        return self._query.matches(record)
+
+    def past_end(self, record: Opportunity) -> bool:
+        """Sorted by ``updated_at`` descending: a record older than ``updated_since``."""
+        since = self._query.updated_since
+        return self._stop_at_bound and since is not None and record.updated_at < since
+
+    def end_key(self) -> Any:
+        """``updated_since``, when the listing ends there."""
+        return self._query.updated_since if self._stop_at_bound else None
 
 
 def _sort(order_by: str | None) -> tuple[str, str]:
@@ -510,132 +583,53 @@ class GetrazeAdapter(BaseAdapter):
     default_base_url = "https://app.getraze.com/external/v1"
     dialect_class = GetrazeDialect
     max_page_size = 100
+    reserved_filters = _LIST_PARAMS_OWNED
 
     async def get(self, opportunity_id: str, *, fields: Iterable[str] | None = None) -> Opportunity:
         """One opportunity: ``GET /opportunities/{id}``.
 
         ``fields`` is accepted for the common interface and ignored: Getraze always sends
-        the whole record. An id that is not a UUID makes the server fail with 500
-        ``INTERNAL_ERROR`` (a :class:`~close_opps.ServerError`), not 404.
+        the whole record. The record of ``get`` lacks the stage and pipeline names (its
+        ``status_label`` and the names of ``stage`` and ``pipeline`` are ``None``); see
+        ``docs/providers/getraze.md``.
+
+        Raises:
+            InvalidArgumentError: the id is not a UUID and the server failed on it (today's
+                server answers any id that is not a UUID with a 500): asked once, no retry.
+            NotFoundError: no such record for this key.
         """
-        response = await self._send(Request(path=f"/opportunities/{path_segment(opportunity_id)}"))
+        request = Request(path=f"/opportunities/{path_segment(opportunity_id)}")
+        if _is_uuid(opportunity_id):
+            response = await self._send(request)
+        else:
+            # Documented ids look like "opp_abc123def456"; today's server has only UUIDs and
+            # fails on anything else with a 500 that no retry mends: ask once.
+            try:
+                response = await self._send(attrs.evolve(request, retry=False))
+            except ServerError as exc:
+                raise InvalidArgumentError(
+                    f"the opportunity id {opportunity_id[:60]!r} is malformed: Getraze's ids "
+                    f"are UUIDs, and its server failed on this one (HTTP {exc.status})",
+                    provider=PROVIDER,
+                ) from exc
         data = _unwrap(response.data)
         return getraze_to_opportunity(data, path="$.data")
 
-    # ------------------------------------------------------------------------------ listing
-
-    def _params(self, query: ListQuery, *, stop_at_bound: bool) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        for key, value in query.filters.items():
-            if key in _LIST_PARAMS_OWNED:
+    def check_filters(self, filters: Mapping[str, Any]) -> None:
+        """Refuse filters the server ignores (and the SDK cannot apply) and malformed ids."""
+        super().check_filters(filters)
+        for key, value in filters.items():
+            if key in _IGNORED_BY_SERVER:
                 raise ValueError(
-                    f"{key} is managed by the adapter; use list()'s own arguments "
-                    "(page_size, order_by) instead"
+                    f"Getraze's server ignores the {key!r} filter and returns every record; "
+                    f"{_IGNORED_BY_SERVER[key]}"
                 )
-            params[key] = value
-        if query.query is not None:
-            if params.get("search") not in (None, query.query):
-                raise ValueError("pass the free-text search as query= or search=, not both")
-            params["search"] = query.query
-        sort_by, sort_order = ("updated_at", "desc") if stop_at_bound else _sort(query.order_by)
-        params["sort_by"] = sort_by
-        params["sort_order"] = sort_order
-        return params
+            if key in _UUID_FILTERS:
+                for item in value if isinstance(value, (list, tuple, set, frozenset)) else [value]:
+                    _check_uuid(item, what=f"the {key} filter")
 
-    async def _fetch(self, params: Mapping[str, Any], number: int, limit: int) -> _Fetched:
-        response = await self._send(
-            Request(path="/opportunities", params={**params, "page": number, "limit": limit})
-        )
-        body = response.data
-        data = _unwrap(body)
-        if isinstance(data, list):  # the form the server sends today
-            records, prefix = data, "$.data"
-            raw_pagination, pagination_path = body.get("pagination"), "$.pagination"
-            meta = {k: v for k, v in body.items() if k not in ("success", "data")}
-        elif isinstance(data, Mapping) and isinstance(data.get("opportunities"), list):
-            records, prefix = data["opportunities"], "$.data.opportunities"
-            raw_pagination, pagination_path = data.get("pagination"), "$.data.pagination"
-            meta = {k: v for k, v in data.items() if k != "opportunities"}
-        else:
-            raise DecodeError(
-                f"expected a list of records in data or data.opportunities, got {_shape(data)}",
-                provider=PROVIDER,
-                path="$.data",
-            )
-        pagination = (
-            decode(
-                _converter,
-                raw_pagination,
-                GetrazePagination,
-                provider=PROVIDER,
-                path=pagination_path,
-            )
-            if raw_pagination is not None
-            else None
-        )
-        if pagination is not None and pagination.page is not None and pagination.page != number:
-            raise PaginationError(
-                f"asked for page {number} and the server answered page {pagination.page}: "
-                "it does not honour the page parameter, so the listing cannot go on",
-                provider=PROVIDER,
-            )
-        items = await self._decode(
-            records, lambda raw, i: getraze_to_opportunity(raw, path=f"{prefix}[{i}]")
-        )
-        if not items:
-            has_next = False
-        elif pagination is not None and pagination.has_next is not None:
-            has_next = pagination.has_next
-        elif pagination is not None and pagination.total_pages is not None:
-            has_next = number < pagination.total_pages
-        else:
-            has_next = len(items) >= limit
-        return _Fetched(
-            number=number,
-            records=tuple(items),
-            pagination=pagination,
-            meta=meta,
-            has_next=has_next,
-        )
-
-    async def _pages(self, query: ListQuery) -> AsyncGenerator[Page, None]:
-        sort = _sort(query.order_by) if query.order_by is not None else None
-        stop_at_bound = query.updated_since is not None and sort in (None, ("updated_at", "desc"))
-        params = self._params(query, stop_at_bound=stop_at_bound)
-        listing = _Listing(query=query, stop_at_bound=stop_at_bound)
-        page_size = query.page_size
-        if query.limit is not None and listing.exact:
-            page_size = min(page_size, query.limit)
-
-        last = await self._fetch(params, 1, page_size)
-        page = listing.take(last)
-        yield page
-        next_number = 2
-        ramp = 1  # pages per round while the listing may end early: 1, 2, 4, ...
-        while listing.wants_more(last):
-            pages_left = (last.total_pages or 0) - next_number + 1
-            if pages_left <= 0:
-                # The total is unknown (or grew): each page must be seen before the next.
-                last = await self._fetch(params, next_number, page_size)
-                next_number += 1
-                yield listing.take(last)
-                continue
-            count = pages_left
-            if query.limit is not None and listing.exact:
-                count = min(count, max(1, math.ceil((query.limit - listing.yielded) / page_size)))
-            if listing.stopping or (query.limit is not None and not listing.exact):
-                # The listing may end at any page: fetch a few ahead, no more. Rounds grow
-                # 1, 2, 4, ... pages (at most ``concurrency``), and while sorted by updated_at
-                # no more than the pace of updates so far says the bound is away.
-                count = min(count, ramp, self.concurrency)
-                ramp *= 2
-                if listing.stopping:
-                    count = min(count, listing.pages_to_bound(page_size) or count)
-            numbers = range(next_number, next_number + count)
-            next_number += count
-            fetches = (functools.partial(self._fetch, params, n, page_size) for n in numbers)
-            async with aclosing(fetch_in_order(fetches, concurrency=self.concurrency)) as stream:
-                async for last in stream:
-                    yield listing.take(last)
-                    if not listing.wants_more(last):
-                        break
+    def paging_policy(self, query: ListQuery) -> GetrazePaging:
+        """Getraze's paging for ``query``."""
+        if query.query is not None and query.filters.get("search") not in (None, query.query):
+            raise ValueError("pass the free-text search as query= or search=, not both")
+        return GetrazePaging(query)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import re
 import uuid
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, ClassVar, Final
@@ -32,16 +32,24 @@ from close_opps.adapters._reevo_values import (
     decode_attribute,
     decode_attributes,
 )
-from close_opps.adapters.base import BaseAdapter, ListQuery, Page
+from close_opps.adapters.base import BaseAdapter, ListQuery
 from close_opps.errors import (
     APIError,
     DecodeError,
     InvalidRequestError,
     NotFoundError,
-    PaginationError,
 )
-from close_opps.http import Dialect, Request, error_location, path_segment
+from close_opps.http import (
+    Dialect,
+    ErrorFields,
+    Request,
+    Response,
+    error_location,
+    opt_str,
+    path_segment,
+)
 from close_opps.model import Contact, Money, Opportunity, OpportunityStatus, Ref
+from close_opps.paging import PageRequest, PagingPolicy, ParsedPage
 
 __all__ = [
     "VALUE_DECODERS",
@@ -76,11 +84,14 @@ _ID_ATTRIBUTES: Final = ("id", "created_at", "updated_at")
 
 
 class ReevoDialect(Dialect):
-    """Reevo's HTTP: bearer key and error bodies as the defaults read them.
+    """Reevo's HTTP: bearer key; error bodies in every form seen.
 
-    (``{"detail": "..."}``, ``{"detail": {"code"|"error", "message"}}``, a validation list
-    ``{"detail": [{"loc": [...], "msg": "..."}]}``, ``{"error": "code", "message": "..."}``,
-    empty bodies); the vendor's codes pick the error class.
+    ``{"detail": "..."}``, ``{"detail": {"code"|"error", "message"}}``, a validation list
+    ``{"detail": [{"loc": [...], "msg": "...", "ctx": {...}}]}``, ``{"error": "code",
+    "message": "..."}`` and empty bodies; the vendor's codes pick the error class. A rejected
+    ``limit`` is read into the maximum it names, a rejected cursor into
+    :attr:`~close_opps.http.ErrorFields.cursor_invalid`. A 404 is "no such record" only with
+    the code ``record_not_found``; ``{"detail": "Not Found"}`` is an unknown route.
     """
 
     provider = PROVIDER
@@ -93,6 +104,64 @@ class ReevoDialect(Dialect):
         "invalid_sort_field": InvalidRequestError,
         "invalid_cursor": InvalidRequestError,
     }
+
+    def error_fields(self, data: Any) -> ErrorFields:
+        """Read Reevo's error bodies, the page size a rejected ``limit`` names and cursor
+        errors."""
+        if not isinstance(data, Mapping):
+            return super().error_fields(data)
+        detail = data.get("detail")
+        code = opt_str(data.get("code")) or opt_str(data.get("error_code"))
+        message = opt_str(data.get("message"))
+        error = data.get("error")
+        if isinstance(error, Mapping):
+            code = code or opt_str(error.get("code"))
+            message = message or opt_str(error.get("message"))
+        elif isinstance(error, str):
+            if message:
+                code = code or error  # {"error": "record_not_found", "message": "…"}
+            else:
+                message = error
+        field_errors: dict[str, str] = {}
+        max_page_size = None
+        if isinstance(detail, Mapping):  # {"detail": {"code"|"error", "message"}}
+            code = code or opt_str(detail.get("code")) or opt_str(detail.get("error"))
+            message = message or opt_str(detail.get("message"))
+        elif isinstance(detail, str):
+            message = message or detail
+        elif isinstance(detail, list):  # a validation list: [{"loc": [...], "msg": "..."}]
+            for item in detail:
+                if not isinstance(item, Mapping):
+                    message = message or str(item)
+                    continue
+                where = error_location(item.get("loc"))
+                field_errors[where] = str(item.get("msg", ""))
+                ctx = item.get("ctx")
+                le = ctx.get("le") if isinstance(ctx, Mapping) else None
+                if where == "limit" and isinstance(le, int) and not isinstance(le, bool) and le > 0:
+                    max_page_size = le
+        if not message and field_errors:
+            message = "; ".join(f"{k}: {v}" for k, v in field_errors.items())
+        if max_page_size is None:
+            text = field_errors.get("limit") or (
+                message if message and "limit" in message.lower() else ""
+            )
+            found = _AT_MOST.search(text.lower())
+            max_page_size = int(found.group(1)) if found and int(found.group(1)) > 0 else None
+        cursor_invalid = "cursor" in f"{code or ''} {message or ''}".lower()
+        return ErrorFields(
+            code=code,
+            message=message,
+            field_errors=field_errors,
+            max_page_size=max_page_size,
+            cursor_invalid=cursor_invalid,
+            record_missing=code == "record_not_found",
+        )
+
+
+_AT_MOST = re.compile(
+    r"(?:less than or equal to|at most|maximum(?: is| of)?|max_limit\s*=)\s*(\d{1,9})"
+)
 
 
 # ------------------------------------------------------------------------- the vendor record
@@ -388,42 +457,85 @@ def _query_body(query: ListQuery) -> dict[str, Any]:
     sort = _sort(query.order_by)
     if sort:
         body["sort"] = sort
-    body["limit"] = (
-        min(query.page_size, query.limit) if query.limit is not None else query.page_size
-    )
     return body
 
 
-def _is_cursor_error(error: InvalidRequestError) -> bool:
-    return "cursor" in f"{error.code or ''} {error.message}".lower()
+def parse_query_page(data: Any) -> ParsedPage:
+    """One ``POST /opportunity/_query`` body as a page (pure).
 
-
-_AT_MOST = re.compile(
-    r"(?:less than or equal to|at most|maximum(?: is| of)?|max_limit\s*=)\s*(\d{1,12})(?!\d)"
-)
-
-
-def _limit_maximum(error: InvalidRequestError) -> int | None:
-    """For a rejected ``limit`` (``{"detail": [{"loc": ["body", "limit"], "ctx": {"le": 200}}]}``
-    or a message naming the maximum): the largest limit the server takes."""
-    detail = error.body.get("detail") if isinstance(error.body, Mapping) else None
-    for item in detail if isinstance(detail, list) else ():
-        if isinstance(item, Mapping) and error_location(item.get("loc")) == "limit":
-            ctx = item.get("ctx")
-            le = ctx.get("le") if isinstance(ctx, Mapping) else None
-            if isinstance(le, int) and not isinstance(le, bool) and le > 0:
-                return le
-    text = error.field_errors.get("limit") or (
-        error.message if "limit" in error.message.lower() else ""
+    Raises:
+        DecodeError: the body, or one of its records, does not match Reevo's contract.
+    """
+    if not isinstance(data, Mapping):
+        raise DecodeError(
+            f"expected an object, got {type(data).__name__}", provider=PROVIDER, path="$"
+        )
+    records = data.get("data")
+    if not isinstance(records, list):
+        raise DecodeError(
+            f"expected a list of records, got {type(records).__name__}",
+            provider=PROVIDER,
+            path="$.data",
+        )
+    next_cursor = data.get("next_cursor")
+    if next_cursor is not None and not isinstance(next_cursor, str):
+        raise DecodeError(
+            f"expected a string or null, got {type(next_cursor).__name__}",
+            provider=PROVIDER,
+            path="$.next_cursor",
+        )
+    total = data.get("total")
+    return ParsedPage(
+        records=[reevo_to_opportunity(raw, path=f"$.data[{i}]") for i, raw in enumerate(records)],
+        total=total
+        if isinstance(total, int) and not isinstance(total, bool) and total >= 0
+        else None,
+        has_more=bool(next_cursor),
+        next_cursor=next_cursor or None,
+        meta={k: v for k, v in data.items() if k != "data"},
     )
-    found = _AT_MOST.search(text.lower())
-    return int(found.group(1)) if found and int(found.group(1)) > 0 else None
 
 
-@attrs.frozen(kw_only=True)
-class _RawPage:
-    page: Page
-    next_cursor: str | None
+class ReevoPaging(PagingPolicy):
+    """Reevo's cursor paging for one listing: ``POST /opportunity/_query`` with ``cursor``.
+
+    Date bounds and, where one filter can express it, the status are filtered by the server;
+    the exact status rule (and every bound) is also checked locally.
+    """
+
+    random_access = False
+
+    def __init__(self, query: ListQuery) -> None:
+        self._query = query
+        self._body = _query_body(query)
+        self.filters_locally = query.statuses is not None
+        sort = self._body.get("sort") or []
+        first = sort[0] if sort else {}
+        self._sort_field = first.get("field") if len(sort) == 1 else None
+        self.descending = first.get("direction") == "desc"
+
+    def request(self, page: PageRequest) -> Request:
+        """``POST /opportunity/_query`` (read-only, so retried like a GET)."""
+        body = {**self._body, "limit": page.size}
+        if page.cursor is not None:
+            body["cursor"] = page.cursor
+        return Request(method="POST", path=_QUERY_PATH, json=body, idempotent=True)
+
+    def parse(self, response: Response, page: PageRequest) -> ParsedPage:
+        """See :func:`parse_query_page`."""
+        return parse_query_page(response.data)
+
+    def sort_key(self, record: Opportunity) -> Any:
+        """``created_at`` or ``updated_at`` when the listing is sorted by one of them alone."""
+        if self._sort_field == "created_at":
+            return record.created_at
+        if self._sort_field == "updated_at":
+            return record.updated_at
+        return None
+
+    def matches(self, record: Opportunity) -> bool:
+        """The exact status rule and every bound."""
+        return self._query.matches(record)
 
 
 class ReevoAdapter(BaseAdapter):
@@ -446,6 +558,12 @@ class ReevoAdapter(BaseAdapter):
     provider = PROVIDER
     default_base_url = "https://api.reevo.ai/api/v2"
     dialect_class = ReevoDialect
+    reserved_filters = _OWNED_KEYS
+
+    def check_filters(self, filters: Mapping[str, Any]) -> None:
+        """Reserved names, and ``filters=`` objects of the right shape."""
+        super().check_filters(filters)
+        _extra_filters(filters)
 
     async def get(self, opportunity_id: str, *, fields: Iterable[str] | None = None) -> Opportunity:
         """One opportunity: ``GET /opportunity/{id}``.
@@ -464,98 +582,6 @@ class ReevoAdapter(BaseAdapter):
             )
         return reevo_to_opportunity(body["data"], path="$.data")
 
-    async def _fetch(self, body: Mapping[str, Any], cursor: str | None) -> _RawPage:
-        payload = dict(body) if cursor is None else {**body, "cursor": cursor}
-        response = await self._send(
-            Request(method="POST", path=_QUERY_PATH, json=payload, idempotent=True)
-        )
-        data = response.data
-        if not isinstance(data, Mapping):
-            raise DecodeError(
-                f"expected an object, got {type(data).__name__}", provider=PROVIDER, path="$"
-            )
-        records = data.get("data")
-        if not isinstance(records, list):
-            raise DecodeError(
-                f"expected a list of records, got {type(records).__name__}",
-                provider=PROVIDER,
-                path="$.data",
-            )
-        next_cursor = data.get("next_cursor")
-        if next_cursor is not None and not isinstance(next_cursor, str):
-            raise DecodeError(
-                f"expected a string or null, got {type(next_cursor).__name__}",
-                provider=PROVIDER,
-                path="$.next_cursor",
-            )
-        total = data.get("total")
-        items = await self._decode(
-            records, lambda raw, i: reevo_to_opportunity(raw, path=f"$.data[{i}]")
-        )
-        page = Page(
-            items=tuple(items),
-            total=total if isinstance(total, int) and not isinstance(total, bool) else None,
-            has_more=bool(next_cursor),
-            meta={k: v for k, v in data.items() if k != "data"},
-        )
-        return _RawPage(page=page, next_cursor=next_cursor or None)
-
-    async def _pages(self, query: ListQuery) -> AsyncGenerator[Page, None]:
-        body = _query_body(query)
-        body["limit"] = self._check_page_size(body["limit"])  # a maximum learned earlier
-        yielded: set[str] = set()
-        cursors_seen: set[str] = set()
-        remaining = query.limit
-        cursor: str | None = None
-        restarted = False
-        while True:
-            try:
-                raw = await self._fetch(body, cursor)
-            except InvalidRequestError as exc:
-                if cursor is None:
-                    maximum = _limit_maximum(exc)
-                    if maximum is None or maximum >= body["limit"]:
-                        raise
-                    self._learn_max_page_size(body["limit"], maximum)
-                    body["limit"] = maximum
-                    continue
-                if not _is_cursor_error(exc):
-                    raise
-                if restarted:
-                    raise PaginationError(
-                        "Reevo rejected a cursor again after the listing was restarted from its "
-                        f"first page ({exc}); giving up rather than looping",
-                        provider=PROVIDER,
-                    ) from exc
-                logger.warning(
-                    "reevo: the server rejected the cursor (%s); restarting the listing from "
-                    "its first page, skipping the %d records already yielded",
-                    exc,
-                    len(yielded),
-                )
-                restarted = True
-                cursor = None
-                cursors_seen.clear()
-                continue
-            items = []
-            for item in raw.page.items:
-                if item.id in yielded or not query.matches(item):
-                    continue
-                yielded.add(item.id)
-                items.append(item)
-            if items or raw.next_cursor is None:
-                yield attrs.evolve(raw.page, items=tuple(items))
-            if raw.next_cursor is None:
-                return
-            if remaining is not None:
-                remaining -= len(items)
-                if remaining <= 0:
-                    return
-            if raw.next_cursor in cursors_seen:
-                raise PaginationError(
-                    "Reevo sent a next_cursor it had already sent in this listing; stopping "
-                    "rather than looping",
-                    provider=PROVIDER,
-                )
-            cursors_seen.add(raw.next_cursor)
-            cursor = raw.next_cursor
+    def paging_policy(self, query: ListQuery) -> ReevoPaging:
+        """Reevo's paging for ``query``."""
+        return ReevoPaging(query)

@@ -1,7 +1,8 @@
 """The ``close-opps`` command line: ``list``, ``get``, ``sync``, ``demo``, ``sandbox serve``.
 
-It needs the ``cli`` extra (``pip install "close-opps[cli]"``: typer and rich). ``main`` is
-the console script; ``app`` is the typer application (for ``typer.testing.CliRunner``).
+It needs the ``cli`` extra (``python -m pip install ".[cli]"`` from a checkout: typer and
+rich). ``main`` is the console script; ``app`` is the typer application (for
+``typer.testing.CliRunner``).
 Importing this package runs nothing and imports neither typer nor rich; ``app`` loads them
 on first access. See ``docs/cli.md``.
 """
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         sys.stderr.write(
             f"close-opps: error: the command line needs the cli extra ({exc.name} is "
-            "missing): pip install 'close-opps[cli]'\n"
+            "missing): from a checkout of close-opps, python -m pip install '.[cli]'\n"
         )
         raise SystemExit(1) from None
     app(args=list(argv) if argv is not None else None, prog_name="close-opps")

@@ -19,6 +19,7 @@ from rich import box
 from rich.table import Table
 
 from close_opps._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, VERSION
+from close_opps.http import path_segment
 from close_opps.model import Opportunity, OpportunityStatus
 from close_opps.registry import providers as registered_providers
 
@@ -28,6 +29,7 @@ from ._runtime import (
     SANDBOX_PROVIDERS,
     ConnectOptions,
     ExitCodeGroup,
+    HelpCommand,
     SandboxSpec,
     Target,
     api_key_env,
@@ -41,6 +43,7 @@ from ._runtime import (
     scrub,
     usage_error,
 )
+from ._webhooks import webhooks_app
 
 if TYPE_CHECKING:
     from close_opps.sandbox import Sandbox
@@ -57,16 +60,19 @@ app = typer.Typer(
     ),
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's help: paragraphs re-wrapped, no type placeholders
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 sandbox_app = typer.Typer(
     help="The local emulators of the three CRM APIs.",
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     no_args_is_help=False,
     invoke_without_command=True,
 )
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 # ---------------------------------------------------------------------------- options
@@ -134,6 +140,16 @@ Retries = Annotated[
         help="Retries of a failed read (429, 5xx, connection errors); 0 turns them off.",
     ),
 ]
+ProxyUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--proxy",
+        metavar="URL",
+        help="An http(s) proxy for every request. Default: $HTTPS_PROXY/$HTTP_PROXY "
+        "(minus $NO_PROXY).",
+        show_default=False,
+    ),
+]
 Raw = Annotated[
     bool,
     typer.Option("--raw/--no-raw", help="JSONL: include the vendor's record as received (raw)."),
@@ -158,7 +174,8 @@ def _root(
             "--verbose",
             "-v",
             count=True,
-            help="Log to stderr: -v requests and retries, -vv everything.",
+            show_default=False,
+            help="Log to stderr: -v retries and sync steps, -vv every request too.",
         ),
     ] = 0,
     version: Annotated[
@@ -174,6 +191,15 @@ def _root(
         raise typer.Exit(0)
 
 
+def _connection(
+    *, timeout: float, retries: int, proxy: str | None, sandbox: bool
+) -> ConnectOptions:
+    """The connection options, once they go together."""
+    if proxy is not None and sandbox:
+        raise usage_error("--sandbox and --proxy cannot be used together")
+    return ConnectOptions(timeout=timeout, retries=retries, proxy=proxy)
+
+
 def _default_format(fmt: render.OutputFormat | None) -> render.OutputFormat:
     if fmt is not None:
         return fmt
@@ -183,7 +209,7 @@ def _default_format(fmt: render.OutputFormat | None) -> render.OutputFormat:
 # ------------------------------------------------------------------------------- demo
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def demo(
     records: Annotated[
         int, typer.Option("--records", metavar="N", min=0, help="Records per CRM emulator.")
@@ -248,7 +274,7 @@ async def _demo(*, seed: int, records: int) -> tuple[list[Opportunity], float]:
 # ------------------------------------------------------------------------------- list
 
 
-@app.command("list")
+@app.command("list", cls=HelpCommand)
 def list_(
     provider: Provider,
     since: Annotated[
@@ -266,6 +292,7 @@ def list_(
         list[OpportunityStatus] | None,
         typer.Option(
             "--status",
+            metavar="open|won|lost",
             case_sensitive=False,
             help="Only this status (repeat for several).",
             show_default=False,
@@ -282,6 +309,7 @@ def list_(
             "-f",
             case_sensitive=False,
             help="Output format. Default: table on a terminal, else jsonl.",
+            metavar="jsonl|csv|table",
             show_default=False,
         ),
     ] = None,
@@ -291,6 +319,7 @@ def list_(
     sandbox: UseSandbox = False,
     timeout: Timeout = DEFAULT_TIMEOUT,
     retries: Retries = DEFAULT_MAX_RETRIES,
+    proxy: ProxyUrl = None,
 ) -> None:
     """List a provider's opportunities (in the provider's own order).
 
@@ -307,7 +336,7 @@ def list_(
             limit=limit,
             fmt=_default_format(fmt),
             raw=raw,
-            connection=ConnectOptions(timeout=timeout, retries=retries),
+            connection=_connection(timeout=timeout, retries=retries, proxy=proxy, sandbox=sandbox),
         )
     )
 
@@ -326,13 +355,16 @@ async def _list(
     async with open_adapters([target], sandbox=sandbox, connection=connection) as found:
         adapter = found[target.provider]
         writer = render.make_writer(fmt, raw=raw)
+        fetch = limit
+        if fmt is render.OutputFormat.TABLE and (limit is None or limit > render.TABLE_MAX_ROWS):
+            fetch = render.TABLE_MAX_ROWS + 1  # one more tells the table there are more
         with progress() as bar:
-            task = bar.add_task(f"{target.provider}: listing", total=limit)
-            pages = adapter.pages(updated_since=since, status=statuses, limit=limit)
+            task = bar.add_task(f"{target.provider}: listing", total=fetch)
+            pages = adapter.pages(updated_since=since, status=statuses, limit=fetch)
             async with aclosing(pages):
                 async for page in pages:
                     if page.total is not None:
-                        total = page.total if limit is None else min(page.total, limit)
+                        total = page.total if fetch is None else min(page.total, fetch)
                         bar.update(task, total=total)
                     for opp in page.items:
                         writer.write(scrub(opp))
@@ -343,7 +375,7 @@ async def _list(
 # -------------------------------------------------------------------------------- get
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def get(
     provider: Provider,
     opportunity_id: Annotated[
@@ -356,6 +388,7 @@ def get(
             "-f",
             case_sensitive=False,
             help="Output format. Default: table on a terminal, else jsonl.",
+            metavar="jsonl|table",
             show_default=False,
         ),
     ] = None,
@@ -365,17 +398,22 @@ def get(
     sandbox: UseSandbox = False,
     timeout: Timeout = DEFAULT_TIMEOUT,
     retries: Retries = DEFAULT_MAX_RETRIES,
+    proxy: ProxyUrl = None,
 ) -> None:
     """Show one opportunity by its id."""
     if not opportunity_id.strip():
         raise usage_error("ID must not be empty")
+    try:
+        path_segment(opportunity_id)
+    except ValueError as exc:
+        raise usage_error(f"ID: {exc}") from None
     (target,) = resolve_targets([provider], api_key=api_key, base_url=base_url, sandbox=sandbox)
     opp = run(
         _get(
             target,
             opportunity_id,
             sandbox=SandboxSpec() if sandbox else None,
-            connection=ConnectOptions(timeout=timeout, retries=retries),
+            connection=_connection(timeout=timeout, retries=retries, proxy=proxy, sandbox=sandbox),
         )
     )
     chosen = fmt or (render.RecordFormat.TABLE if sys.stdout.isatty() else None)
@@ -401,7 +439,7 @@ async def _get(
 # ------------------------------------------------------------------------------- sync
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def sync(
     db: Annotated[
         Path,
@@ -415,7 +453,7 @@ def sync(
     provider_names: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="[PROVIDER]...",
+            metavar="PROVIDER",
             help="The providers to sync. Default: all (with --sandbox: close, getraze, reevo).",
             show_default=False,
         ),
@@ -425,6 +463,7 @@ def sync(
     sandbox: UseSandbox = False,
     timeout: Timeout = DEFAULT_TIMEOUT,
     retries: Retries = DEFAULT_MAX_RETRIES,
+    proxy: ProxyUrl = None,
 ) -> None:
     """Bring a SQLite database up to date: only what changed since the last run.
 
@@ -433,13 +472,23 @@ def sync(
     several, set <PROVIDER>_API_KEY and <PROVIDER>_BASE_URL.
     """
     names = provider_names or (list(SANDBOX_PROVIDERS) if sandbox else registered_providers())
-    targets = resolve_targets(names, api_key=api_key, base_url=base_url, sandbox=sandbox)
+    # Every provider by default: those with a key are synced, the others named and left out.
+    without_key: list[str] | None = [] if not provider_names and api_key is None else None
+    targets = resolve_targets(
+        names, api_key=api_key, base_url=base_url, sandbox=sandbox, without_key=without_key
+    )
+    if without_key:
+        sys.stderr.write(
+            f"{PROG}: left out (no API key): "
+            + ", ".join(f"{name} (set {api_key_env(name)})" for name in without_key)
+            + "\n"
+        )
     reports, stored = run(
         _sync(
             targets,
             db,
             sandbox=SandboxSpec() if sandbox else None,
-            connection=ConnectOptions(timeout=timeout, retries=retries),
+            connection=_connection(timeout=timeout, retries=retries, proxy=proxy, sandbox=sandbox),
         )
     )
     _print_sync(reports, db, stored)
@@ -506,7 +555,7 @@ async def _sync(
 # -------------------------------------------------------------------------- providers
 
 
-@app.command("providers")
+@app.command("providers", cls=HelpCommand)
 def providers_() -> None:
     """List the provider names (built-in and installed plugins)."""
     for name in registered_providers():
@@ -523,7 +572,7 @@ def _sandbox_root(ctx: typer.Context) -> None:
         raise typer.Exit(0)
 
 
-@sandbox_app.command("serve")
+@sandbox_app.command("serve", cls=HelpCommand)
 def serve(
     port: Annotated[
         int | None,

@@ -12,25 +12,24 @@ import io
 import json
 import os
 import sys
-import types
-import typing
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import cache
 from typing import Any, Protocol
 
 import attrs
 from rich import box
 from rich.cells import cell_len
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
 from close_opps.model import Money, Opportunity, OpportunityStatus, Ref
-from close_opps.serialize import FIELDS, opportunity_to_dict, opportunity_to_json
+from close_opps.serialize import FlatColumn, flat_columns, jsonable, opportunity_to_json
+from close_opps.serialize import flatten as serialize_flatten
 
 __all__ = [
     "Column",
@@ -100,54 +99,17 @@ def screen_text(value: str) -> Text:
 
 # ------------------------------------------------------------------------- flattened columns
 
-
-@attrs.frozen
-class Column:
-    """One flat column: ``field`` of the record, and ``part`` of it when the field is nested."""
-
-    name: str
-    field: str
-    part: str | None = None
+#: One CSV column (the record's flat columns, :func:`close_opps.serialize.flat_columns`).
+Column = FlatColumn
 
 
-def _plain_type(hint: Any) -> Any:
-    """``hint`` without ``| None``."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return hint
-
-
-@cache
-def csv_columns() -> tuple[Column, ...]:
-    """The CSV columns, derived from :data:`close_opps.serialize.FIELDS`.
-
-    A nested record (``Ref``, ``Contact``) becomes one column per attribute
-    (``owner_id``, ``owner_name``, ``contact_email``); ``Money`` becomes ``amount`` and
-    ``currency``; mappings (``custom_fields``) one JSON column; ``raw`` is left out.
-    """
-    hints = typing.get_type_hints(Opportunity)
-    columns: list[Column] = []
-    for name in FIELDS:
-        if name == "raw":
-            continue
-        kind = _plain_type(hints.get(name, Any))
-        if isinstance(kind, type) and attrs.has(kind):
-            for part in attrs.fields(kind):
-                label = part.name if kind is Money else f"{name}_{part.name}"
-                columns.append(Column(label, name, part.name))
-        else:
-            columns.append(Column(name, name))
-    names = [c.name for c in columns]
-    if len(set(names)) != len(names):  # pragma: no cover - a future field clashing
-        columns = [
-            Column(f"{c.field}_{c.part}" if c.part else c.name, c.field, c.part) for c in columns
-        ]
-    return tuple(columns)
+def csv_columns() -> tuple[FlatColumn, ...]:
+    """The CSV columns: :func:`close_opps.serialize.flat_columns`, the SQLite store's too."""
+    return flat_columns()
 
 
 def _cell(value: Any) -> str:
+    value = jsonable(value)
     if value is None:
         return ""
     if isinstance(value, Mapping):
@@ -161,14 +123,7 @@ def _cell(value: Any) -> str:
 
 def flatten(opportunity: Opportunity) -> dict[str, str]:
     """The record as ``{column: text}``, in :func:`csv_columns` order (``""`` for none)."""
-    data = opportunity_to_dict(opportunity, raw=False)
-    row: dict[str, str] = {}
-    for column in csv_columns():
-        value = data.get(column.field)
-        if column.part is not None:
-            value = value.get(column.part) if isinstance(value, Mapping) else None
-        row[column.name] = _cell(value)
-    return row
+    return {name: _cell(value) for name, value in serialize_flatten(opportunity).items()}
 
 
 # --------------------------------------------------------------------------- list's writers
@@ -215,15 +170,22 @@ class _CsvWriter:
 
 
 class _TableWriter:
+    """Keeps up to :data:`TABLE_MAX_ROWS` records (a table is laid out once it has them all);
+    one more means "there are more", said under the table."""
+
     def __init__(self, *, show_provider: bool) -> None:
         self._show_provider = show_provider
         self._records: list[Opportunity] = []
+        self._more = False
 
     def write(self, opportunity: Opportunity) -> None:
-        self._records.append(opportunity)
+        if len(self._records) < TABLE_MAX_ROWS:
+            self._records.append(opportunity)
+        else:
+            self._more = True
 
     def finish(self) -> None:
-        print_opportunities(self._records, show_provider=self._show_provider)
+        print_opportunities(self._records, show_provider=self._show_provider, more=self._more)
 
 
 def make_writer(fmt: OutputFormat, *, raw: bool = True, show_provider: bool = False) -> Writer:
@@ -252,15 +214,19 @@ def _when(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
 
-#: The columns of the table of ``close-opps list``, most important first (a screen too
-#: narrow for all of them loses the last ones).
+#: The columns of the table of ``close-opps list``.
 LIST_COLUMNS: tuple[str, ...] = ("id", "name", "status", "amount", "updated", "stage", "owner")
 #: The columns of the demo's table (several providers; ids left out for room).
 DEMO_COLUMNS: tuple[str, ...] = ("provider", "name", "status", "amount", "updated", "stage")
-
-
-#: The widest a free-text column of a table gets (longer text ends with "…").
+#: On a screen too narrow for every column, these are left out (whole) first to last; the
+#: id is never left out. Columns shown are never cut, but free text.
+DROP_ORDER: tuple[str, ...] = ("owner", "stage", "updated", "name", "amount", "status", "provider")
+#: Free-text columns: the widest each gets (longer text ends with "…").
 _FREE_TEXT_WIDTH: Mapping[str, int] = {"name": 40, "stage": 20, "owner": 24}
+#: The narrowest a free-text column is shown; below that it is left out instead.
+_FREE_TEXT_MIN = 10
+#: Rows a table shows at most; for more, ``list`` says to use ``--limit`` or JSONL/CSV.
+TABLE_MAX_ROWS = 1000
 
 
 def _ref_text(ref: Ref | None) -> str:
@@ -289,55 +255,36 @@ def _table_cell(opp: Opportunity, column: str) -> str:
     raise ValueError(f"unknown table column {column!r}")  # pragma: no cover
 
 
-#: What a table adds to its columns' widths: 3 between two columns, 1 at each edge.
-def _overhead(count: int) -> int:
-    return 3 * max(count - 1, 0) + 2
-
-
-#: The narrowest a free-text column is shown; below that it is dropped instead.
-_FREE_TEXT_MIN = 10
-
-
-def _widths(
-    columns: Sequence[str], headers: Mapping[str, str], cells: Mapping[str, Sequence[str]]
-) -> tuple[dict[str, int], dict[str, int]]:
-    """Each column's least and natural widths (free text: capped, and cut below that)."""
-    least: dict[str, int] = {}
-    natural: dict[str, int] = {}
-    for column in columns:
-        widest = max([cell_len(headers[column]), *(cell_len(c) for c in cells[column])])
-        if column in _FREE_TEXT_WIDTH:
-            natural[column] = min(widest, _FREE_TEXT_WIDTH[column])
-            least[column] = min(natural[column], max(cell_len(headers[column]), _FREE_TEXT_MIN))
-        else:
-            natural[column] = least[column] = widest
-    return least, natural
-
-
-def _layout(
+def _table(
     columns: Sequence[str],
-    least: Mapping[str, int],
-    natural: Mapping[str, int],
-    width: int | None,
-) -> dict[str, int]:
-    """The columns shown and their widths, within ``width``.
-
-    Ids, statuses, amounts and dates keep their full width; free text gets what is left,
-    the first columns first (at least :data:`_FREE_TEXT_MIN` each). When even that does not
-    fit, the last columns are left out, whole (the first two always stay).
-    """
-    kept = list(columns)
-    if width is None:
-        return {column: natural[column] for column in kept}
-    while len(kept) > 2 and sum(least[c] for c in kept) + _overhead(len(kept)) > width:
-        kept.pop()
-    sizes = {column: least[column] for column in kept}
-    spare = width - sum(sizes.values()) - _overhead(len(kept))
-    for column in kept:  # the room left goes to the first columns first (the name)
-        grow = max(0, min(spare, natural[column] - sizes[column]))
-        sizes[column] += grow
-        spare -= grow
-    return sizes
+    headers: Mapping[str, str],
+    cells: Mapping[str, Sequence[str]],
+    rows: int,
+    title: str | None,
+) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    for column in columns:
+        header = headers[column]
+        if column in _FREE_TEXT_WIDTH:  # shrinks (to "…") down to its min_width
+            table.add_column(
+                header,
+                no_wrap=True,
+                overflow="ellipsis",
+                min_width=max(cell_len(header), _FREE_TEXT_MIN),
+                max_width=_FREE_TEXT_WIDTH[column],
+                ratio=1,
+            )
+        else:  # never cut: its min_width is its widest cell
+            widest = max([cell_len(header), *(cell_len(c) for c in cells[column])])
+            table.add_column(
+                header,
+                no_wrap=True,
+                min_width=widest,
+                justify="right" if column == "amount" else "left",
+            )
+    for index in range(rows):
+        table.add_row(*(screen_text(cells[column][index]) for column in columns))
+    return table
 
 
 def opportunities_table(
@@ -346,39 +293,48 @@ def opportunities_table(
     columns: Sequence[str] = LIST_COLUMNS,
     title: str | None = None,
     width: int | None = None,
+    console: Console | None = None,
 ) -> Table:
     """A rich table of ``records`` with ``columns`` (of :data:`LIST_COLUMNS` and
     ``"provider"``); datetimes in UTC to the minute, amounts exact.
 
     Ids, statuses, amounts and dates are never cut; names, stages and owners end with "…"
-    when there is no room. When ``width`` cannot hold every column, the last ones are left
-    out.
+    when there is no room. When ``width`` cannot hold every column at its least width (as
+    rich measures the table), columns are left out whole in :data:`DROP_ORDER`.
     """
     headers = {column: "updated (UTC)" if column == "updated" else column for column in columns}
     cells = {column: [_table_cell(opp, column) for opp in records] for column in columns}
-    least, natural = _widths(columns, headers, cells)
-    sizes = _layout(columns, least, natural, width)
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
-    for column, size in sizes.items():
-        table.add_column(
-            headers[column],
-            no_wrap=True,
-            overflow="ellipsis",
-            width=size,
-            justify="right" if column == "amount" else "left",
-        )
-    for index in range(len(records)):
-        table.add_row(*(screen_text(cells[column][index]) for column in sizes))
+    kept = list(columns)
+    table = _table(kept, headers, cells, len(records), title)
+    if width is None:
+        return table
+    measuring = console or Console(file=io.StringIO(), width=width)
+    unbounded = measuring.options.update_width(10 * width + 1000)
+    droppable = [column for column in DROP_ORDER if column in kept]
+    while droppable and Measurement.get(measuring, unbounded, table).minimum > width:
+        kept.remove(droppable.pop(0))
+        table = _table(kept, headers, cells, len(records), title)
     return table
 
 
-def print_opportunities(records: Sequence[Opportunity], *, show_provider: bool) -> None:
-    """``records`` as a table on stdout, with a count underneath."""
+def print_opportunities(
+    records: Sequence[Opportunity], *, show_provider: bool, more: bool = False
+) -> None:
+    """``records`` as a table on stdout, with a count underneath (``more``: the listing had
+    more records than the table shows)."""
     console = stdout_console()
     columns = ("provider", *LIST_COLUMNS) if show_provider else LIST_COLUMNS
-    console.print(opportunities_table(records, columns=columns, width=console.width))
+    console.print(
+        opportunities_table(records, columns=columns, width=console.width, console=console)
+    )
     count = len(records)
-    console.print(f"{count} opportunit{'y' if count == 1 else 'ies'}")
+    if more:
+        console.print(
+            f"the first {count:,} opportunities; there are more: use --limit N, or "
+            "--format jsonl or csv for all of them"
+        )
+    else:
+        console.print(f"{count} opportunit{'y' if count == 1 else 'ies'}")
 
 
 def print_record(opportunity: Opportunity) -> None:

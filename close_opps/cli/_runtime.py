@@ -22,11 +22,12 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from close_opps._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from close_opps._redact import forms_of, redact, redact_data
 from close_opps.adapters.base import BaseAdapter
+from close_opps.adapters.base import api_key_env as _adapter_key_env
 from close_opps.errors import CloseOppsError
 from close_opps.registry import connect, providers
 
@@ -39,6 +40,7 @@ __all__ = [
     "CliError",
     "ConnectOptions",
     "ExitCodeGroup",
+    "HelpCommand",
     "SandboxSpec",
     "Target",
     "api_key_env",
@@ -204,6 +206,31 @@ class ExitCodeGroup(TyperGroup):
         sys.exit(_exit_code(call))
 
 
+class HelpCommand(TyperCommand):
+    """A command whose help reads like click's: ``list [OPTIONS] PROVIDER``, and arguments
+    listed by name (typer would add ``{PROVIDER}`` and a ``<str>`` type placeholder)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces: list[str] = super().collect_usage_pieces(ctx)
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        arguments: list[tuple[str, str]] = []
+        options: list[tuple[str, str]] = []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                arguments.append((record[0].split(" <", 1)[0], record[1]))
+            else:
+                options.append(record)
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run one command's coroutine in a fresh event loop."""
     return asyncio.run(main)
@@ -283,8 +310,8 @@ def _env_name(provider: str, suffix: str) -> str:
 
 
 def api_key_env(provider: str) -> str:
-    """``CLOSE_API_KEY`` for ``close``."""
-    return _env_name(provider, "_API_KEY")
+    """``CLOSE_API_KEY`` for ``close`` (the variable the adapters read too)."""
+    return _adapter_key_env(provider)
 
 
 def base_url_env(provider: str) -> str:
@@ -303,10 +330,12 @@ class Target:
 
 @attrs.frozen
 class ConnectOptions:
-    """``--timeout`` and ``--retries``: the adapters' ``timeout`` and ``max_retries``."""
+    """``--timeout``, ``--retries`` and ``--proxy``: the adapters' ``timeout``,
+    ``max_retries`` and ``proxy``."""
 
     timeout: float = DEFAULT_TIMEOUT
     retries: int = DEFAULT_MAX_RETRIES
+    proxy: str | None = None
 
 
 @attrs.frozen
@@ -335,12 +364,14 @@ def resolve_targets(
     api_key: str | None = None,
     base_url: str | None = None,
     sandbox: bool = False,
+    without_key: list[str] | None = None,
 ) -> list[Target]:
     """The providers to read with their keys: ``--api-key``/``--base-url``, else the
     ``<PROVIDER>_API_KEY``/``<PROVIDER>_BASE_URL`` variables; nothing with ``--sandbox``.
 
     Raises a usage error (exit 2) for an unknown provider, a missing key or conflicting
-    options.
+    options. With ``without_key``, a provider that has no key is appended to it and left
+    out instead; only when every provider lacks one is that an error.
     """
     chosen = [check_provider(name, sandbox=sandbox) for name in dict.fromkeys(names)]
     if sandbox:
@@ -360,6 +391,9 @@ def resolve_targets(
     targets = []
     for name in chosen:
         key = api_key if api_key is not None else os.environ.get(api_key_env(name), "")
+        if not key.strip() and without_key is not None:
+            without_key.append(name)
+            continue
         if not key.strip():
             raise usage_error(
                 f"{name}: no API key: set {api_key_env(name)} or pass --api-key "
@@ -368,6 +402,12 @@ def resolve_targets(
         url = base_url if base_url is not None else os.environ.get(base_url_env(name)) or None
         _secrets.add(key)
         targets.append(Target(name, api_key=key, base_url=url))
+    if not targets and without_key:
+        raise usage_error(
+            "no API key for any provider: set "
+            + ", ".join(api_key_env(name) for name in without_key)
+            + " (or use --sandbox to try the local emulators)"
+        )
     return targets
 
 
@@ -382,7 +422,9 @@ async def open_adapters(
 
     Everything (the adapters' sessions, the emulators) is closed on exit.
     """
-    options = {"timeout": connection.timeout, "max_retries": connection.retries}
+    options: dict[str, Any] = {"timeout": connection.timeout, "max_retries": connection.retries}
+    if connection.proxy is not None and sandbox is None:
+        options["proxy"] = connection.proxy
     async with AsyncExitStack() as stack:
         endpoints: dict[str, tuple[str | None, str | None]]
         if sandbox is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from ._common import STATE, VendorState
 from ._data import Deal, generate_deals
 from ._faults import FAULTS, Fault, FaultConfig, FaultInjector, Latency, RecordedRequest
-from ._options import CloseOptions, GetrazeOptions, RateLimit, ReevoOptions
+from ._options import CloseOptions, GetrazeOptions, RateLimitPolicy, ReevoOptions
 from ._server import HOST, VENDORS, Sandbox, VendorName, VendorServer, serve_forever
 from .close import make_app as make_close_app
 from .getraze import make_app as make_getraze_app
@@ -36,7 +36,7 @@ __all__ = [
     "FaultInjector",
     "GetrazeOptions",
     "Latency",
-    "RateLimit",
+    "RateLimitPolicy",
     "RecordedRequest",
     "ReevoOptions",
     "Sandbox",

@@ -6,7 +6,7 @@ import json
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
 
@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ._data import Deal, generate_deals
 from ._faults import FAULTS, FaultInjector, FaultRenderer, fault_middleware
-from ._options import DEFAULT_RECORDS, RateLimit
+from ._options import DEFAULT_RECORDS, RateLimitPolicy
 
 __all__ = [
     "JSON",
@@ -54,7 +54,7 @@ class LimitStatus:
 class WindowLimiter:
     """Fixed windows aligned on multiples of ``window`` of ``clock()``, counted per key."""
 
-    def __init__(self, policy: RateLimit | None, clock: Callable[[], float]) -> None:
+    def __init__(self, policy: RateLimitPolicy | None, clock: Callable[[], float]) -> None:
         self.policy = policy
         self.clock = clock
         self._counts: dict[str, tuple[int, int]] = {}
@@ -66,7 +66,7 @@ class WindowLimiter:
     def hit(self, key: str) -> LimitStatus:
         """Count one request of ``key`` and say whether it is allowed."""
         now = self.clock()
-        policy = self.policy or RateLimit(limit=_NOMINAL_LIMIT, window=1.0)
+        policy = self.policy or RateLimitPolicy(limit=_NOMINAL_LIMIT, window=1.0)
         window = math.floor(now / policy.window)
         reset_at = (window + 1) * policy.window
         if self.policy is None:
@@ -190,6 +190,37 @@ class VendorState:
             raise ValueError("at must be timezone-aware")
         return self.update(record_id, updated_at=at.astimezone(UTC))
 
+    def share_timestamp(
+        self,
+        at: datetime,
+        record_ids: Iterable[str] | None = None,
+        *,
+        created: bool = True,
+        updated: bool = True,
+    ) -> None:
+        """Seed ties: give the records (default: all) one creation and/or update time ``at``.
+
+        Data seeding, not an edit: nothing is logged (Close's event log included). Real
+        accounts have such ties (a data migration gives every record one ``updated_at``).
+        """
+        if at.tzinfo is None:
+            raise ValueError("at must be timezone-aware")
+        moment = at.astimezone(UTC)
+        changes: dict[str, Any] = {}
+        if created:
+            changes["created_at"] = moment
+        if updated:
+            changes["updated_at"] = moment
+        chosen = list(self._positions) if record_ids is None else list(record_ids)
+        for record_id in chosen:
+            position = self._positions[record_id]
+            deal = attrs.evolve(self.deals[position], **changes)
+            listed, detail = self.render(self.seed, deal)
+            self.deals[position] = deal
+            self.records[position] = listed
+            self.details[record_id] = detail
+        self._bump()
+
     def remove(self, record_id: str) -> None:
         """Delete the record: it is no longer listed, and ``get`` answers 404."""
         position = self._positions.pop(record_id)
@@ -253,7 +284,7 @@ def vendor_app(
         vendor=vendor,
         api_key=options.api_key,
         seed=seed,
-        deals=generate_deals(seed, count),
+        deals=generate_deals(seed, count, today=options.today),
         render=render,
         faults=faults,
         limiter=limiter,

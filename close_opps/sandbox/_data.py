@@ -22,6 +22,7 @@ __all__ = [
     "CURRENCIES",
     "RANGE_END",
     "RANGE_START",
+    "REFERENCE_TODAY",
     "Comment",
     "Company",
     "Contact",
@@ -47,9 +48,13 @@ CURRENCIES: Final = ("USD", "EUR", "BRL", "GBP")
 _CURRENCY_WEIGHTS: Final = (45, 20, 20, 15)
 _SYMBOLS: Final = {"USD": "$", "EUR": "€", "BRL": "R$", "GBP": "£"}
 
-#: Every timestamp of the seeded data lies in this range.
+#: Every timestamp of the seeded data lies in this range, for ``today=REFERENCE_TODAY``;
+#: for another ``today`` the whole data set is moved by whole days, so that its newest
+#: records were updated in the days just before ``today`` ("the last 7 days" finds some).
 RANGE_START: Final = datetime(2025, 1, 1, tzinfo=UTC)
 RANGE_END: Final = datetime(2026, 6, 30, 23, 59, 59, tzinfo=UTC)
+#: The ``today`` for which the data lies in ``RANGE_START``..``RANGE_END`` exactly.
+REFERENCE_TODAY: Final = date(2026, 7, 1)
 
 #: Open stages in pipeline order, with their base closing probability (percent).
 OPEN_STAGES: Final = (
@@ -354,16 +359,42 @@ def _amount(rng: random.Random, period: ValuePeriod) -> Decimal:
     return (Decimal(major) + Decimal(cents) / 100).quantize(Decimal("0.01"))
 
 
-def generate_deals(seed: int, count: int) -> list[Deal]:
-    """Generate ``count`` deals for ``seed``, deterministically.
+def generate_deals(seed: int, count: int, *, today: date | None = None) -> list[Deal]:
+    """Generate ``count`` deals for ``seed``, deterministically for a given ``today``.
 
     Deals come in *update groups*: a single deal, a bulk update (5-20 deals sharing one
     ``updated_at``) or an import (5-12 deals sharing both ``created_at`` and
-    ``updated_at``), so exactly-once pagination over ties is really exercised.
+    ``updated_at``), so exactly-once pagination over ties is really exercised. The first
+    group is a bulk update in the three days before ``today`` (default: the current UTC
+    date), and everything else is older: data about 18 months deep, dated relative to
+    ``today``.
     """
     if count < 0:
         raise ValueError("count must be >= 0")
-    return list(_generate(seed, count))
+    anchor = datetime.now(UTC).date() if today is None else today
+    return list(_shifted(seed, count, (anchor - REFERENCE_TODAY).days))
+
+
+def _shift(value: Any, delta: timedelta) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value + delta
+    if isinstance(value, tuple):
+        return tuple(_shift(v, delta) for v in value)
+    if attrs.has(type(value)):
+        return attrs.evolve(
+            value,
+            **{f.name: _shift(getattr(value, f.name), delta) for f in attrs.fields(type(value))},
+        )
+    return value
+
+
+@functools.lru_cache(maxsize=8)
+def _shifted(seed: int, count: int, days: int) -> tuple[Deal, ...]:
+    deals = _generate(seed, count)
+    if days == 0:
+        return deals
+    delta = timedelta(days=days)
+    return tuple(_shift(deal, delta) for deal in deals)
 
 
 @functools.lru_cache(maxsize=8)
@@ -380,7 +411,11 @@ def _generate(seed: int, count: int) -> tuple[Deal, ...]:
             size, mode = rng.randint(5, 20), "bulk_update"
         else:
             size, mode = rng.randint(5, 12), "import"
-        shared = _instant(rng, RANGE_START + timedelta(days=45), RANGE_END)
+        if group == 0:  # recent activity: a bulk update in the last three days
+            size, mode = rng.randint(5, 20), "bulk_update"
+            shared = _instant(rng, RANGE_END - timedelta(days=3), RANGE_END)
+        else:
+            shared = _instant(rng, RANGE_START + timedelta(days=45), RANGE_END)
         for _ in range(min(size, count - len(deals))):
             deals.append(_deal(rng, len(deals), group, mode, shared, users, companies))
         group += 1
@@ -747,6 +782,7 @@ def render_getraze_detail(seed: int, deal: Deal) -> JSON:
         "linkedin_profile_id": None,
         "provider_id": None,
         "sector_id": None,
+        "lead_source_id": None,
         "contact_name": people["contact_name"],
         "contact_email": people["contact_email"],
         "contact_phone": people["contact_phone"],

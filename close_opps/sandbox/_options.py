@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Literal
 
 import attrs
 
 from ._faults import FaultConfig, Latency
 
-__all__ = ["CloseOptions", "GetrazeOptions", "RateLimit", "ReevoOptions"]
+__all__ = ["CloseOptions", "GetrazeOptions", "RateLimitPolicy", "ReevoOptions"]
 
 #: Records served per vendor when neither the vendor's options nor the Sandbox say.
 DEFAULT_RECORDS = 60
@@ -25,8 +26,10 @@ def _records(_: object, attribute: attrs.Attribute[int | None], value: int | Non
 
 
 @attrs.frozen(kw_only=True)
-class RateLimit:
-    """A fixed-window limiter: ``limit`` requests per API key per ``window`` seconds."""
+class RateLimitPolicy:
+    """How an emulator limits requests: at most ``limit`` per API key per fixed ``window``
+    of seconds. (The figures the SDK *reads* from responses are :class:`close_opps.RateLimit`.)
+    """
 
     limit: int = attrs.field(validator=_positive)
     window: float = 1.0
@@ -53,12 +56,13 @@ class CloseOptions:
     api_key: str = "sandbox-close-key"
     max_limit: int = attrs.field(default=100, validator=_positive)
     max_skip: int = 250_000
-    rate_limit: RateLimit | None = RateLimit(limit=1000, window=1.0)
+    rate_limit: RateLimitPolicy | None = RateLimitPolicy(limit=1000, window=1.0)
     rate_limit_headers: Literal["ratelimit", "legacy", "both"] = "ratelimit"
     schema_extras: bool = False
     latency: Latency | None = None
     faults: FaultConfig | None = None
     seed: int | None = None
+    today: date | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -81,12 +85,15 @@ class GetrazeOptions:
     record_form: Literal["live", "documented"] = "live"
     default_limit: int = attrs.field(default=50, validator=_positive)
     max_limit: int = attrs.field(default=100, validator=_positive)
-    over_max_limit: Literal["error", "clamp"] = "error"
-    rate_limit: RateLimit | None = RateLimit(limit=10_000, window=3600.0)
+    over_max_limit: Literal["error", "clamp"] = "clamp"
+    rate_limit: RateLimitPolicy | None = RateLimitPolicy(limit=10_000, window=3600.0)
     permissions: tuple[str, ...] = ("opportunities:read",)
+    tie_order: Literal["shuffled", "stable"] = "shuffled"
+    tie_seed: int | None = None
     latency: Latency | None = None
     faults: FaultConfig | None = None
     seed: int | None = None
+    today: date | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -102,7 +109,8 @@ class ReevoOptions:
     api_key: str = "sandbox-reevo-key"
     default_limit: int = attrs.field(default=50, validator=_positive)
     max_limit: int = attrs.field(default=200, validator=_positive)
-    rate_limit: RateLimit | None = None
+    rate_limit: RateLimitPolicy | None = None
     latency: Latency | None = None
     faults: FaultConfig | None = None
     seed: int | None = None
+    today: date | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any, Final, Literal, Self, get_args
 
@@ -111,6 +111,21 @@ class VendorServer:
         """Delete a record."""
         self.state.remove(record_id)
 
+    def share_timestamp(
+        self,
+        at: datetime,
+        record_ids: Iterable[str] | None = None,
+        *,
+        created: bool = True,
+        updated: bool = True,
+    ) -> None:
+        """Seed ties: one creation and/or update time ``at`` for the records (default: all).
+
+        Data seeding, not an edit (nothing is logged). With Getraze's default
+        ``tie_order="shuffled"``, a listing over such records behaves as the real server's.
+        """
+        self.state.share_timestamp(at, record_ids, created=created, updated=updated)
+
     # -- faults and counters
 
     @property
@@ -148,9 +163,11 @@ def _merge(
     records: int | None,
     latency: Latency | None,
     faults: FaultConfig | None,
+    today: date | None = None,
 ) -> Any:
     return attrs.evolve(
         options,
+        today=options.today if options.today is not None else today,
         seed=options.seed if options.seed is not None else seed,
         records=options.records
         if options.records is not None
@@ -166,7 +183,9 @@ class Sandbox:
     ``async with Sandbox(seed=1) as sb:`` then ``sb.close.base_url`` /
     ``sb.close.api_key`` (likewise ``sb.getraze``, ``sb.reevo``). ``records``, ``latency``
     and ``faults`` apply to every vendor whose options leave them unset. ``vendors`` picks
-    which emulators start; ``ports`` pins ports (0 or absent: a free one).
+    which emulators start; ``ports`` pins ports (0 or absent: a free one). The data is
+    dated relative to ``today`` (default: the current UTC date): the same ``seed`` and
+    ``today`` give the same data.
     """
 
     def __init__(
@@ -182,6 +201,7 @@ class Sandbox:
         vendors: Iterable[VendorName] = VENDORS,
         ports: Mapping[str, int] | None = None,
         shutdown_timeout: float = 1.0,
+        today: date | None = None,
     ) -> None:
         chosen = tuple(dict.fromkeys(vendors))
         unknown = [name for name in chosen if name not in VENDORS]
@@ -198,7 +218,9 @@ class Sandbox:
         }
         #: The options each vendor runs with, after applying the Sandbox-wide values.
         self.options: dict[VendorName, Any] = {
-            name: _merge(opts, seed=seed, records=records, latency=latency, faults=faults)
+            name: _merge(
+                opts, seed=seed, records=records, latency=latency, faults=faults, today=today
+            )
             for name, opts in given.items()
         }
         self.servers: dict[VendorName, VendorServer] = {}

@@ -32,6 +32,7 @@ from ._common import (
 from ._data import Deal, format_close_money, render_close
 from ._faults import Fault, format_seconds, gateway_page
 from ._options import CloseOptions
+from .close_webhooks import install_webhooks
 
 __all__ = ["BASE_PATH", "make_app"]
 
@@ -445,4 +446,5 @@ def make_app(options: CloseOptions | None = None, *, seed: int = 0) -> web.Appli
         app.router.add_get(path, _list)
     for path in (f"{BASE_PATH}/opportunity/{{id}}/", f"{BASE_PATH}/opportunity/{{id}}"):
         app.router.add_get(path, _get)
+    install_webhooks(app, BASE_PATH, seed=app[STATE].seed)
     return app

@@ -2,19 +2,24 @@
 
 Serves ``GET /external/v1/opportunities`` (``page``/``limit``, filters, ``sort_by``/
 ``sort_order``) and ``GET /external/v1/opportunities/{id}`` in the form Getraze's server
-sends today (recorded in ``getraze-live-responses.json``): success and error envelopes with
-the recorded codes and messages, ``X-RateLimit-Limit/-Remaining/-Reset`` on every
-authenticated response, 500 ``INTERNAL_ERROR`` for an id that is not a UUID.
+sends today (recorded in ``getraze-live-responses.json`` and ``-2.json``): success and error
+envelopes with the recorded codes and messages, ``X-RateLimit-Limit/-Remaining/-Reset`` on
+every authenticated response, 500 ``INTERNAL_ERROR`` for an id, ``owner_user_id``, ``page``
+or ``limit`` the server's query cannot take, unknown query parameters ignored, ties of the
+sort key in a fresh order on every request (``GetrazeOptions.tie_order``), and Express's
+``Route not found`` 404 for any other path.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final
 
+import attrs
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -44,6 +49,13 @@ BASE_PATH: Final = "/external/v1"
 
 _PERMISSION: Final = "opportunities:read"
 _SORTABLE: Final = ("created_at", "updated_at", "title", "value")
+#: The list's filters that compare with a uuid column (a value that is not a UUID: 500).
+_UUID_FILTERS: Final = ("stage_id", "pipeline_id", "campaign_id", "owner_user_id")
+#: Every query parameter the list reads as a filter; the server ignores all others.
+_FILTERS: Final = frozenset({*_UUID_FILTERS, "search", "company"})
+_LIST_FAILED: Final = "An error occurred while fetching opportunities"
+#: The random source that orders ties afresh on every request (``GetrazeOptions.tie_order``).
+_TIES: Final = web.AppKey("close_opps_sandbox_getraze_ties", random.Random)
 _MISSING_KEY: Final = (
     "API key is required. Provide it via X-API-Key header, Authorization header, "
     "or api_key query parameter."
@@ -56,6 +68,22 @@ def _error(
     error: JSON = {"code": code, "message": message}
     error.update(extra)
     return web.json_response({"success": False, "error": error}, status=status, headers=headers)
+
+
+class _ServerFailure(Exception):
+    """The server's query failed: 500 ``INTERNAL_ERROR`` with ``message``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _route_not_found(request: web.Request) -> web.Response:
+    # Express's catch-all: no error object, no code; the path as sent, query included
+    return web.json_response(
+        {"success": False, "message": f"Route not found: {request.method} {request.raw_path}"},
+        status=404,
+    )
 
 
 class _Invalid(Exception):
@@ -128,6 +156,8 @@ def _api_key(request: web.Request) -> str | None:
 
 @web.middleware
 async def _getraze_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path != BASE_PATH and not request.path.startswith(f"{BASE_PATH}/"):
+        return _route_not_found(request)  # outside the API: before auth and the limiter
     state = request.app[STATE]
     options: GetrazeOptions = state.options
     key = _api_key(request)
@@ -161,8 +191,10 @@ async def _getraze_middleware(request: web.Request, handler: Handler) -> web.Str
         response = await handler(request)
     except _Invalid as exc:
         response = _error(400, "VALIDATION_ERROR", exc.message, details={"field": exc.field})
+    except _ServerFailure as exc:
+        response = _error(500, "INTERNAL_ERROR", exc.message)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
-        response = _error(404, "NOT_FOUND", "Endpoint not found")
+        response = _route_not_found(request)
     except web.HTTPException as exc:
         response = _error(exc.status, "INTERNAL_ERROR", exc.reason)
     response.headers.update(headers)
@@ -179,7 +211,7 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise _Invalid(f"{name} must be an integer", name) from None
+        raise _ServerFailure(_LIST_FAILED) from None
 
 
 def _rows(state: VendorState) -> list[tuple[JSON, JSON]]:
@@ -198,21 +230,20 @@ def _rows(state: VendorState) -> list[tuple[JSON, JSON]]:
 
 
 def _predicates(request: web.Request) -> list[Callable[[JSON], bool]]:
+    """The server's own filters; it ignores every other query parameter (``status``,
+    ``source``, ``responsible_user_id``, ``updated_since`` ...)."""
     query = request.query
     predicates: list[Callable[[JSON], bool]] = []
-    exact = {
-        "status": "stage_name",
-        "stage_id": "stage_id",
-        "pipeline_id": "pipeline_id",
-        "campaign_id": "campaign_id",
-        "owner_user_id": "owner_user_id",
-        "responsible_user_id": "owner_user_id",
-        "source": "source",
-    }
-    for param, field in exact.items():
-        wanted = query.get(param, "").strip()
-        if wanted:
-            predicates.append(_equals(field, wanted))
+    for field in _UUID_FILTERS:
+        wanted = query.get(field, "").strip()
+        if not wanted:
+            continue
+        try:
+            uuid.UUID(wanted)
+        except ValueError:
+            # PostgreSQL cannot cast it to uuid: the query fails, the server answers 500
+            raise _ServerFailure(_LIST_FAILED) from None
+        predicates.append(_equals(field, wanted.lower()))
     search = query.get("search", "").strip().lower()
     if search:
         fields = ("title", "contact_name", "contact_email", "contact_company")
@@ -229,8 +260,59 @@ def _equals(field: str, wanted: str) -> Callable[[JSON], bool]:
 
 def _sort_key(field: str) -> Callable[[tuple[JSON, JSON]], Any]:
     if field == "value":
-        return lambda row: Decimal(row[0]["value"])
+        return lambda row: Decimal(row[0]["value"] or 0)
     return lambda row: row[0][field] or ""
+
+
+@attrs.frozen
+class _Ordered:
+    """The matched records in sort order, and the runs of records sharing the sort key."""
+
+    records: list[JSON]
+    #: ``(start, end)`` of each run of equal sort keys, in order; covers every position.
+    runs: list[tuple[int, int]]
+    #: The index in :attr:`runs` of the run holding each position.
+    run_of: list[int]
+
+
+def _order(rows: list[tuple[JSON, JSON]], sort_by: str, descending: bool) -> _Ordered:
+    key = _sort_key(sort_by)
+    ordered = sorted(rows, key=lambda row: str(row[0]["id"]))
+    ordered.sort(key=key, reverse=descending)
+    runs: list[tuple[int, int]] = []
+    run_of: list[int] = []
+    start = 0
+    keys = [key(row) for row in ordered]
+    for position in range(1, len(ordered) + 1):
+        if position == len(ordered) or keys[position] != keys[start]:
+            runs.append((start, position))
+            run_of.extend([len(runs) - 1] * (position - start))
+            start = position
+    return _Ordered([served for _live, served in ordered], runs, run_of)
+
+
+def _window(ordered: _Ordered, start: int, stop: int, rng: random.Random | None) -> list[JSON]:
+    """``records[start:stop]`` as one ``LIMIT``/``OFFSET`` query sees it: with ``rng``, the
+    records of each run of ties crossing the window in a fresh random order (a uniform
+    draw of the run's records for those positions), as a sort without a tie-breaker."""
+    records = ordered.records
+    stop = min(stop, len(records))
+    if rng is None or start >= stop:
+        return records[start:stop]
+    page: list[JSON] = []
+    run = ordered.run_of[start]
+    while start < stop:
+        run_start, run_end = ordered.runs[run]
+        end = min(stop, run_end)
+        if run_end - run_start == 1:
+            page.append(records[run_start])
+        else:
+            # sample() picks k of the run's positions in O(k): the positions [start, end)
+            # of a uniformly shuffled run hold exactly such a draw
+            page.extend(records[i] for i in rng.sample(range(run_start, run_end), end - start))
+        start = end
+        run += 1
+    return page
 
 
 async def _list(request: web.Request) -> web.StreamResponse:
@@ -238,10 +320,10 @@ async def _list(request: web.Request) -> web.StreamResponse:
     options: GetrazeOptions = state.options
     page = _int_param(request, "page", 1)
     limit = _int_param(request, "limit", options.default_limit)
-    if page < 1:
-        raise _Invalid("page must be greater than or equal to 1", "page")
-    if limit < 1 or limit > options.max_limit:
-        if options.over_max_limit == "clamp" and limit > options.max_limit:
+    if page < 1 or limit < 0:
+        raise _ServerFailure(_LIST_FAILED)  # a negative OFFSET/LIMIT fails in PostgreSQL
+    if limit > options.max_limit:
+        if options.over_max_limit == "clamp":
             limit = options.max_limit
         else:
             raise _Invalid(f"limit must be between 1 and {options.max_limit}", "limit")
@@ -253,22 +335,20 @@ async def _list(request: web.Request) -> web.StreamResponse:
         "list",
         sort_by,
         descending,
-        tuple(sorted((k, v) for k, v in request.query.items() if k not in ("page", "limit"))),
+        tuple(sorted((k, v) for k, v in request.query.items() if k in _FILTERS)),
     )
 
-    def ordered() -> list[tuple[JSON, JSON]]:
-        rows = sorted(_rows(state), key=lambda row: str(row[0]["id"]))
-        rows.sort(key=_sort_key(sort_by), reverse=descending)
-        return rows
+    def compute() -> _Ordered:
+        rows = _rows(state)
+        if predicates:
+            rows = [row for row in rows if all(p(row[0]) for p in predicates)]
+        return _order(rows, sort_by, descending)
 
-    def compute() -> list[JSON]:
-        rows = state.cached(("sorted", sort_by, descending), ordered)
-        return [served for live, served in rows if all(p(live) for p in predicates)]
-
-    records = state.cached(cache_key, compute)
-    total = len(records)
-    total_pages = math.ceil(total / limit)
-    data = records[(page - 1) * limit : page * limit]
+    ordered = state.cached(cache_key, compute)
+    total = len(ordered.records)
+    total_pages = math.ceil(total / limit) if limit else None
+    shuffle = request.app[_TIES] if options.tie_order == "shuffled" else None
+    data = _window(ordered, (page - 1) * limit, page * limit, shuffle)
     if options.list_form == "documented":
         pagination: JSON = {
             "page": page,
@@ -283,7 +363,7 @@ async def _list(request: web.Request) -> web.StreamResponse:
         "per_page": limit,
         "total": total,
         "total_pages": total_pages,
-        "has_next": page < total_pages,
+        "has_next": total_pages is None or page < total_pages,
         "has_prev": page > 1,
     }
     return state.list_response({"success": True, "data": RECORDS, "pagination": pagination}, data)
@@ -330,6 +410,8 @@ def make_app(options: GetrazeOptions | None = None, *, seed: int = 0) -> web.App
         fault_renderer=_Renderer(limiter),
         middleware=_getraze_middleware,
     )
+    tie_seed = options.tie_seed if options.tie_seed is not None else app[STATE].seed
+    app[_TIES] = random.Random(f"close-opps-sandbox:getraze-ties:{tie_seed}")  # noqa: S311
     for path in (f"{BASE_PATH}/opportunities", f"{BASE_PATH}/opportunities/"):
         app.router.add_get(path, _list)
     app.router.add_get(f"{BASE_PATH}/opportunities/{{id}}", _get)

@@ -1,7 +1,8 @@
 """The adapter contract, written once and run against every adapter.
 
 Each adapter talks to its vendor's emulator (close_opps.sandbox) on 127.0.0.1: real sockets,
-real retries. A new adapter proves itself by adding its case to ``CASES`` and passing.
+real retries. The contract itself ships as ``close_opps.testing.AdapterContract``; the tests
+below it use the emulators' scripted faults.
 """
 
 from __future__ import annotations
@@ -14,15 +15,9 @@ import attrs
 import pytest
 
 import close_opps
-from close_opps import (
-    AuthenticationError,
-    BaseAdapter,
-    DecodeError,
-    NotFoundError,
-    Opportunity,
-    OpportunityStatus,
-)
+from close_opps import BaseAdapter, DecodeError, Opportunity
 from close_opps.sandbox import Fault, Sandbox, VendorServer
+from close_opps.testing import AdapterContract, ContractServer
 
 RECORDS = 57
 
@@ -61,69 +56,39 @@ async def everything(adapter: BaseAdapter, **filters: Any) -> list[Opportunity]:
     return [opp async for opp in adapter.list(**filters)]
 
 
-async def test_list_returns_every_record_exactly_once(case: Case, server: VendorServer) -> None:
-    async with connect(case, server, page_size=8) as adapter:
-        got = await everything(adapter)
-    ids = [o.id for o in got]
-    assert len(ids) == len(set(ids)) == RECORDS
-    assert set(ids) == set(server.ids)
-    assert {o.provider for o in got} == {case.provider}
-    assert server.request_count > 1  # it really paged
+# The shipped contract (close_opps.testing), run against each built-in adapter as a plugin
+# author runs it against theirs.
 
 
-async def test_get_maps_the_same_record(case: Case, server: VendorServer) -> None:
-    async with connect(case, server) as adapter:
-        listed = {o.id: o for o in await everything(adapter)}
-        for record_id in server.ids[:3]:
-            one = await adapter.get(record_id)
-            assert isinstance(one, Opportunity)
-            assert (one.provider, one.id) == (case.provider, record_id)
-            same = listed[record_id]
-            assert (one.created_at, one.updated_at) == (same.created_at, same.updated_at)
-            assert (one.status, one.amount, one.name) == (same.status, same.amount, same.name)
-            assert one.created_at.tzinfo is not None
-            assert one.raw
+class _OverTheSandbox(AdapterContract):
+    provider: str
+
+    @pytest.fixture
+    async def contract_server(self) -> AsyncIterator[ContractServer]:
+        case = next(c for c in CASES if c.provider == self.provider)
+        async with Sandbox(seed=11, records=RECORDS, vendors=[case.provider]) as sb:  # type: ignore[list-item]
+            server = sb[case.provider]
+            yield ContractServer(
+                connect=lambda **options: connect(case, server, **options),
+                ids=server.ids,
+                unknown_id=case.unknown_id,
+                api_key=server.api_key,
+            )
 
 
-async def test_updated_since_is_honoured(case: Case, server: VendorServer) -> None:
-    async with connect(case, server, page_size=10) as adapter:
-        full = await everything(adapter)
-        bound = sorted(o.updated_at for o in full)[RECORDS // 2]
-        recent = await everything(adapter, updated_since=bound)
-    expected = {o.id for o in full if o.updated_at >= bound}
-    assert {o.id for o in recent} == expected
-    assert len(recent) == len(expected)
-    assert any(o.updated_at == bound for o in recent)  # inclusive
+class TestCloseContract(_OverTheSandbox):
+    provider = "close"
 
 
-async def test_status_and_limit(case: Case, server: VendorServer) -> None:
-    async with connect(case, server, page_size=10) as adapter:
-        full = await everything(adapter)
-        won = await everything(adapter, status=OpportunityStatus.WON)
-        first = await everything(adapter, limit=5)
-    assert {o.id for o in won} == {o.id for o in full if o.status is OpportunityStatus.WON}
-    assert won  # the seeded data has won deals
-    assert len(first) == 5
+class TestGetrazeContract(_OverTheSandbox):
+    provider = "getraze"
 
 
-async def test_not_found(case: Case, server: VendorServer) -> None:
-    async with connect(case, server) as adapter:
-        with pytest.raises(NotFoundError) as info:
-            await adapter.get(case.unknown_id)
-    assert info.value.status == 404
-    assert info.value.provider == case.provider
+class TestReevoContract(_OverTheSandbox):
+    provider = "reevo"
 
 
-async def test_bad_key(case: Case, server: VendorServer) -> None:
-    wrong = "wrong-key-0123456789"
-    async with connect(case, server, api_key=wrong) as adapter:
-        with pytest.raises(AuthenticationError) as info:
-            await adapter.get(server.ids[0])
-        with pytest.raises(AuthenticationError):
-            await everything(adapter)
-    assert info.value.status == 401
-    assert wrong not in str(info.value)
-    assert wrong not in repr(info.value)
+# What only the emulators can show: scripted faults.
 
 
 async def test_429_is_honoured_then_succeeds(case: Case, server: VendorServer) -> None:

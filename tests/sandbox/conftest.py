@@ -8,11 +8,12 @@ import aiohttp
 import pytest
 
 from close_opps.sandbox import Sandbox
+from close_opps.sandbox._data import REFERENCE_TODAY
 
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Sandbox]:
-    async with Sandbox(seed=7) as running:
+    async with Sandbox(seed=7, today=REFERENCE_TODAY) as running:  # dates fixed
         yield running
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from close_opps.sandbox import CloseOptions, Fault, RateLimit, Sandbox
+from close_opps.sandbox import CloseOptions, Fault, RateLimitPolicy, Sandbox
 
 from ._support import call, load_fixture
 
@@ -181,7 +181,7 @@ async def test_rate_limit_header_on_every_response(
 
 
 async def test_limiter_answers_429_with_the_headers(http: aiohttp.ClientSession) -> None:
-    options = CloseOptions(rate_limit=RateLimit(limit=3, window=3600.0))
+    options = CloseOptions(rate_limit=RateLimitPolicy(limit=3, window=3600.0))
     async with Sandbox(vendors=["close"], close=options) as sb:
         statuses = []
         for _ in range(4):

@@ -22,6 +22,7 @@ from close_opps.sandbox._common import STATE
 from close_opps.sandbox._data import (
     RANGE_END,
     RANGE_START,
+    REFERENCE_TODAY,
     render_close,
     render_getraze_detail,
     render_getraze_list,
@@ -92,7 +93,7 @@ def test_many_records_share_an_updated_timestamp(seed: int) -> None:
 
 
 def test_deals_are_realistic() -> None:
-    deals = generate_deals(0, 300)
+    deals = generate_deals(0, 300, today=REFERENCE_TODAY)
     assert {d.currency for d in deals} == {"USD", "EUR", "BRL", "GBP"}
     assert {d.status for d in deals} == {"open", "won", "lost"}
     assert "discarded" in {d.stage for d in deals}
@@ -144,8 +145,8 @@ def test_fixtures_are_verbatim_copies_of_the_vendor_docs() -> None:
     docs = Path(__file__).resolve().parents[3] / "shared" / "vendor-docs"
     if not docs.is_dir():
         pytest.skip("shared/vendor-docs is not beside the repository")
-    recorded = (docs / "getraze-live-responses.json").read_bytes()
-    assert (FIXTURES / "getraze-live-responses.json").read_bytes() == recorded
+    for name in ("getraze-live-responses.json", "getraze-live-responses-2.json"):
+        assert (FIXTURES / name).read_bytes() == (docs / name).read_bytes(), name
     close_page = (docs / "close-list-opportunities-page.txt").read_text(encoding="utf-8")
     for record in load_fixture("close-list-example.json")["data"]:
         assert f'"id": "{record["id"]}"' in close_page

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
 
-from close_opps.sandbox import GetrazeOptions, RateLimit, Sandbox
+from close_opps.sandbox import GetrazeOptions, RateLimitPolicy, Sandbox
 
-from ._support import Reply, call, getraze_case
+from ._support import Reply, call, getraze_case, load_fixture
 
 LIST_1 = getraze_case("list, page 1 of 2")
 LIST_2 = getraze_case("list, page 2 of 2")
-GET = getraze_case("get")
+#: The second recording's ``get`` (the server now also sends ``lead_source_id``).
+GET = next(c for c in load_fixture("getraze-live-responses-2.json")["cases"] if c["case"] == "get")
+
+
+def live2(name: str) -> dict[str, Any]:
+    """One case of ``getraze-live-responses-2.json``."""
+    cases = load_fixture("getraze-live-responses-2.json")["cases"]
+    return dict(next(c for c in cases if c["case"] == name))
+
+
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 #: The record form of getraze-get-opportunity.md.
 DOCUMENTED_KEYS = {
@@ -159,7 +169,7 @@ async def test_missing_permission_is_403(http: aiohttp.ClientSession) -> None:
 
 async def test_hourly_limit_is_the_recorded_429(http: aiohttp.ClientSession) -> None:
     case = getraze_case("rate limit exceeded (key limited to 2 requests an hour)")
-    options = GetrazeOptions(rate_limit=RateLimit(limit=2, window=3600))
+    options = GetrazeOptions(rate_limit=RateLimitPolicy(limit=2, window=3600))
     async with Sandbox(vendors=["getraze"], getraze=options) as sb:
         replies = [await _get(sb, http, "/opportunities", limit=1) for _ in range(3)]
     assert [r.status for r in replies] == [200, 200, 429]
@@ -191,7 +201,13 @@ async def test_other_ways_to_pass_the_key(sandbox: Sandbox, http: aiohttp.Client
     assert bearer.status == query.status == 200
 
 
-async def test_pages_cover_everything_once(sandbox: Sandbox, http: aiohttp.ClientSession) -> None:
+async def test_pages_cover_everything_once_with_stable_ties(http: aiohttp.ClientSession) -> None:
+    # tie_order="stable": the old behaviour (ties by id), kept as an option
+    async with Sandbox(seed=7, getraze=GetrazeOptions(tie_order="stable")) as sandbox:
+        await _cover_everything(sandbox, http)
+
+
+async def _cover_everything(sandbox: Sandbox, http: aiohttp.ClientSession) -> None:
     for sort_by in ("created_at", "updated_at", "title", "value"):
         for order in ("asc", "desc"):
             ids: list[str] = []
@@ -217,8 +233,6 @@ async def test_default_order_is_created_at_descending(
     records = reply.json()["data"]
     keys = [r["created_at"] for r in records]
     assert keys == sorted(keys, reverse=True)
-    ties = [r["id"] for r in records if r["created_at"] == records[0]["created_at"]]
-    assert ties == sorted(ties)
 
 
 async def test_filters(sandbox: Sandbox, http: aiohttp.ClientSession) -> None:
@@ -229,30 +243,72 @@ async def test_filters(sandbox: Sandbox, http: aiohttp.ClientSession) -> None:
         assert reply.status == 200
         return {r["id"] for r in reply.json()["data"]}
 
-    assert await ids(status="won") == {r["id"] for r in records if r["stage_name"] == "won"}
     owner = next(r["owner_user_id"] for r in records if r["owner_user_id"])
     expected = {r["id"] for r in records if r["owner_user_id"] == owner}
-    assert await ids(owner_user_id=owner) == expected == await ids(responsible_user_id=owner)
+    assert await ids(owner_user_id=owner) == expected
     company = records[0]["contact_company"]
     assert await ids(company=company.upper()) == {
         r["id"] for r in records if r["contact_company"] == company
     }
-    assert await ids(source="linkedin") == {r["id"] for r in records if r["source"] == "linkedin"}
     assert await ids(search="zzz-nothing") == set()
+    stage = records[0]["stage_id"]
+    assert await ids(stage_id=stage) == {r["id"] for r in records if r["stage_id"] == stage}
 
 
-async def test_limit_over_100(sandbox: Sandbox, http: aiohttp.ClientSession) -> None:
-    reply = await _get(sandbox, http, "/opportunities", limit=101)
+async def test_unknown_parameters_are_ignored(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    # Not server filters any more (recorded): the whole list comes back, as the real server
+    every = {r["id"] for r in sandbox.getraze.records}
+    owner = next(r["owner_user_id"] for r in sandbox.getraze.records if r["owner_user_id"])
+    unknown: tuple[dict[str, str | int], ...] = (
+        {"status": "won"},
+        {"source": "linkedin"},
+        {"responsible_user_id": owner},
+        {"updated_since": "2026-01-15T00:00:00Z"},
+    )
+    for params in unknown:
+        reply = await _get(sandbox, http, "/opportunities", limit=100, **params)
+        assert reply.status == 200, params
+        assert {r["id"] for r in reply.json()["data"]} == every, params
+        assert reply.json()["pagination"]["total"] == 60
+
+
+async def test_malformed_parameters_are_500(sandbox: Sandbox, http: aiohttp.ClientSession) -> None:
+    cases: dict[str, dict[str, str | int]] = {
+        "list, limit=-1": {"limit": -1},
+        "list, limit=abc": {"limit": "abc"},
+        "list, page=0": {"page": 0},
+        "list, page=abc": {"page": "abc"},
+        "list, owner_user_id not a uuid": {"owner_user_id": "nobody"},
+    }
+    for name, params in cases.items():
+        case = live2(name)
+        reply = await _get(sandbox, http, "/opportunities", **params)
+        assert reply.status == case["status"] == 500, name
+        assert reply.json() == case["body"], name
+        _rate_headers_like_recorded(reply)
+
+
+async def test_limit_over_100_is_clamped_and_0_is_empty(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    for limit in (101, 1000):
+        reply = await _get(sandbox, http, "/opportunities", limit=limit)
+        assert reply.status == 200
+        assert reply.json()["pagination"]["per_page"] == 100
+        assert len(reply.json()["data"]) == 60
+    zero = await _get(sandbox, http, "/opportunities", limit=0)
+    recorded = live2("list, limit=0")["body"]
+    assert zero.status == 200
+    assert zero.json()["data"] == recorded["data"] == []
+    assert zero.json()["pagination"] == {**recorded["pagination"], "total": 60}
+    options = GetrazeOptions(over_max_limit="error")
+    async with Sandbox(vendors=["getraze"], getraze=options) as sb:
+        reply = await _get(sb, http, "/opportunities", limit=500)
     assert reply.status == 400
     body = reply.json()
     assert body["success"] is False and body["error"]["code"] == "VALIDATION_ERROR"
-    _rate_headers_like_recorded(reply)
-    assert (await _get(sandbox, http, "/opportunities", limit=0)).status == 400
-    assert (await _get(sandbox, http, "/opportunities", page=0)).status == 400
-    options = GetrazeOptions(over_max_limit="clamp")
-    async with Sandbox(vendors=["getraze"], getraze=options) as sb:
-        reply = await _get(sb, http, "/opportunities", limit=500)
-    assert reply.status == 200 and reply.json()["pagination"]["per_page"] == 100
 
 
 async def test_documented_forms(http: aiohttp.ClientSession) -> None:
@@ -270,11 +326,96 @@ async def test_documented_forms(http: aiohttp.ClientSession) -> None:
     assert set(fetched.json()["data"]) == DOCUMENTED_KEYS
 
 
-async def test_unknown_routes_are_enveloped(sandbox: Sandbox, http: aiohttp.ClientSession) -> None:
-    reply = await _get(sandbox, http, "/contacts")
+async def test_unknown_routes_are_expresss_404(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    case = live2("unknown route under /external/v1")
+    reply = await _get(sandbox, http, "/opportunity")
     assert reply.status == 404
-    assert reply.json() == {
-        "success": False,
-        "error": {"code": "NOT_FOUND", "message": "Endpoint not found"},
-    }
+    assert reply.json() == case["body"]  # no error object, no code
     _rate_headers_like_recorded(reply)
+    outside = live2("base URL without /external/v1 (a misconfigured client)")
+    record_id = "ffffffff-0000-0000-0000-000000000001"
+    wrong_base = await call(
+        http,
+        "GET",
+        f"{sandbox.getraze.origin}/opportunities/{record_id}",
+        headers=sandbox.getraze.auth_headers,
+    )
+    assert wrong_base.status == 404
+    assert wrong_base.json() == outside["body"]
+    assert "X-RateLimit-Limit" not in wrong_base.headers  # before auth and the limiter
+    unauthenticated = await call(http, "GET", f"{sandbox.getraze.origin}/nothing?x=1")
+    assert unauthenticated.json()["message"] == "Route not found: GET /nothing?x=1"
+
+
+async def test_get_and_list_rows_differ_as_recorded(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    record_id = sandbox.getraze.ids[0]
+    fetched = (await _get(sandbox, http, f"/opportunities/{record_id}")).json()["data"]
+    listed = next(
+        r
+        for r in (await _get(sandbox, http, "/opportunities", limit=100)).json()["data"]
+        if r["id"] == record_id
+    )
+    for key in ("stage_name", "pipeline_name"):
+        assert key in listed and key not in fetched
+    for key in ("custom_fields", "discarded_at", "comments", "lead_source_id"):
+        assert key in fetched and key not in listed
+
+
+async def _read_every_page_once(
+    sb: Sandbox, http: aiohttp.ClientSession, limit: int, **params: str | int
+) -> tuple[list[str], int]:
+    ids: list[str] = []
+    page = 1
+    while True:
+        body = (await _get(sb, http, "/opportunities", limit=limit, page=page, **params)).json()
+        ids += [r["id"] for r in body["data"]]
+        if not body["pagination"]["has_next"]:
+            return ids, body["pagination"]["total"]
+        page += 1
+
+
+async def test_ties_come_in_a_fresh_order_on_every_request(http: aiohttp.ClientSession) -> None:
+    # As the real server over 250 records sharing one timestamp: pages overlap, records
+    # are lost, and pagination.total still announces them all
+    tied_at = datetime(2026, 2, 11, 10, tzinfo=UTC)
+    async with Sandbox(seed=3, records=250, vendors=["getraze"]) as sb:
+        sb.getraze.share_timestamp(tied_at)
+        first = await _get(sb, http, "/opportunities", limit=100)
+        again = await _get(sb, http, "/opportunities", limit=100)
+        assert [r["id"] for r in first.json()["data"]] != [r["id"] for r in again.json()["data"]]
+        ids, total = await _read_every_page_once(sb, http, 50, sort_by="updated_at")
+        assert total == 250 and len(ids) == 250
+        assert len(set(ids)) < 250  # overlapping pages: some records never came
+        assert set(ids) <= set(sb.getraze.ids)
+        page = (await _get(sb, http, "/opportunities", limit=100, page=2)).json()["data"]
+        assert len({r["id"] for r in page}) == 100  # one page never repeats a record
+
+
+async def test_tie_order_is_reproducible_and_can_be_turned_off(
+    http: aiohttp.ClientSession,
+) -> None:
+    tied_at = datetime(2026, 2, 11, 10, tzinfo=UTC)
+
+    async def run(options: GetrazeOptions) -> list[str]:
+        async with Sandbox(seed=3, records=120, vendors=["getraze"], getraze=options) as sb:
+            sb.getraze.share_timestamp(tied_at)
+            ids, _ = await _read_every_page_once(sb, http, 25)
+            return ids
+
+    assert await run(GetrazeOptions(tie_seed=5)) == await run(GetrazeOptions(tie_seed=5))
+    assert await run(GetrazeOptions(tie_seed=5)) != await run(GetrazeOptions(tie_seed=6))
+    stable = await run(GetrazeOptions(tie_order="stable"))
+    assert stable == sorted(stable) and len(set(stable)) == 120
+
+
+async def test_distinct_timestamps_are_never_shuffled(http: aiohttp.ClientSession) -> None:
+    async with Sandbox(seed=3, records=80, vendors=["getraze"]) as sb:
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        for offset, record_id in enumerate(sb.getraze.ids):
+            sb.getraze.touch(record_id, start + timedelta(minutes=offset))
+        ids, _ = await _read_every_page_once(sb, http, 7, sort_by="updated_at")
+    assert len(ids) == len(set(ids)) == 80

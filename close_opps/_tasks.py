@@ -1,4 +1,4 @@
-"""Concurrency helpers: pages fetched at once but yielded in order, and clean cancellation."""
+"""Task helpers: fetches run at once but yielded in order, and clean cancellation."""
 
 from __future__ import annotations
 
