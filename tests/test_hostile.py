@@ -545,3 +545,29 @@ async def test_a_huge_maximum_in_an_error_message(server: HostileServer, message
     async with server.adapter("reevo") as adapter:
         with pytest.raises(CloseOppsError):
             [opp async for opp in adapter.list(page_size=500)]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_leaving_async_with_while_pages_are_in_flight(
+    server: HostileServer, provider: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = [RECORDS[provider]()]
+    body = list_body(provider, records, more=True)
+    if provider == "close":
+        body["total_results"] = 1000
+    server.answer = json_answer(body)
+    server.answer.delay = 0.05
+    adapter = server.adapter(provider, max_retries=4, concurrency=4)
+    async with adapter:
+        listing = adapter.list(page_size=1)
+        await listing.__anext__()
+    with pytest.raises(ClientClosedError):
+        await listing.__anext__()
+    await listing.aclose()
+    await asyncio.sleep(0.1)  # requests sent before the close reach the server's thread
+    before = server.requests
+    await asyncio.sleep(0.3)
+    gc.collect()
+    assert server.requests == before
+    assert adapter._transport._session is None
+    assert "never retrieved" not in caplog.text
