@@ -30,6 +30,7 @@ from close_opps.errors import (
     EndpointNotFoundError,
     IncompleteListingError,
     InvalidArgumentError,
+    InvalidCursorError,
     InvalidRequestError,
     MassDeletionError,
     NotFoundError,
@@ -40,6 +41,7 @@ from close_opps.errors import (
     TransportError,
     WebhookSignatureError,
 )
+from close_opps.feed import ChangeFeed
 from close_opps.http import RateLimit
 from close_opps.hub import OpportunityHub
 from close_opps.model import Contact, Money, Opportunity, OpportunityStatus, Ref
@@ -52,6 +54,7 @@ __all__ = [
     "AuthenticationError",
     "BaseAdapter",
     "Change",
+    "ChangeFeed",
     "ChangeKind",
     "ClientClosedError",
     "CloseAdapter",
@@ -62,6 +65,7 @@ __all__ = [
     "GetrazeAdapter",
     "IncompleteListingError",
     "InvalidArgumentError",
+    "InvalidCursorError",
     "InvalidRequestError",
     "ListQuery",
     "MassDeletionError",

@@ -15,6 +15,8 @@ Every failure the SDK raises is a :class:`CloseOppsError`:
   :class:`IncompleteListingError` is the case where a listing ended with fewer records than
   the provider said match.
 - :class:`MassDeletionError`: a reconciliation would delete more of a copy than allowed.
+- :class:`InvalidCursorError`: a change-feed cursor that cannot be read (damaged, from another
+  provider, or from an unknown format version).
 - :class:`WebhookSignatureError`: a webhook delivery's signature does not verify.
 
 aiohttp's and asyncio's own exceptions never escape raw: they are the ``__cause__`` of a
@@ -38,6 +40,7 @@ __all__ = [
     "EndpointNotFoundError",
     "IncompleteListingError",
     "InvalidArgumentError",
+    "InvalidCursorError",
     "InvalidRequestError",
     "MassDeletionError",
     "NotFoundError",
@@ -264,6 +267,15 @@ class MassDeletionError(CloseOppsError):
         super().__init__(message, provider=provider)
         self.would_delete = would_delete
         self.known = known
+
+
+class InvalidCursorError(CloseOppsError, ValueError):
+    """A change-feed cursor (``changes(since=...)``) that cannot be used.
+
+    It is damaged (not a cursor this SDK wrote), was issued by another provider's feed, or
+    has a format version this release cannot read. Also a :class:`ValueError`: it is raised
+    when ``changes()`` is called, before any request.
+    """
 
 
 class InvalidArgumentError(CloseOppsError, ValueError):

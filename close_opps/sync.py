@@ -1,15 +1,17 @@
-"""Incremental sync of every provider's opportunities into an embedded SQLite database.
+"""Sync of every provider's opportunities into an embedded SQLite database, deletions included.
 
 ::
 
     async with OpportunityHub([close, getraze]) as hub, SyncStore("opps.db") as store:
         reports = await sync(hub, store)
 
-Each run lists, per provider, only what changed since that provider's watermark (the
-highest ``updated_at`` stored, minus ``overlap``), upserts it in batches, one transaction
-each, and moves the watermark only once the provider's listing has ended and every record
-is committed. A run that dies midway loses nothing: the next one starts again from the old
-watermark, and the upserts make the records read twice cost nothing. See ``docs/sync.md``.
+Each run reads, per provider, the provider's change feed (``adapter.changes()``) from the
+cursor stored for it, and applies the changes in batches, one transaction each: an upsert
+writes the record (reviving a deleted one), a delete keeps the row as a tombstone
+(``deleted_at`` set). The feed's new cursor is stored in the transaction of the last batch,
+so a run that dies midway loses nothing: the next one reads the changes again from the old
+cursor (a first run from its last committed batch), and applying a change twice costs
+nothing. See ``docs/sync.md`` and ``docs/changes.md``.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from typing import Any, Final, Self, TypeVar
 import attrs
 
 from close_opps._redact import get_logger, safe_cause
-from close_opps._tasks import aclose_iterator
 from close_opps.adapters.base import BaseAdapter
+from close_opps.changes import Change, ChangeKind
 from close_opps.errors import CloseOppsError, DecodeError
+from close_opps.feed import DEFAULT_MAX_DELETION_SHARE, Clock, check_mass_deletion, decode_cursor
 from close_opps.hub import OpportunityHub
 from close_opps.model import Opportunity
 from close_opps.serialize import flat_columns, flatten, jsonable, opportunity_to_dict
@@ -51,7 +54,7 @@ logger = get_logger("close_opps.sync")
 T = TypeVar("T")
 
 #: The store's schema version (``PRAGMA user_version``).
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 #: Name prefix of the per-provider sync tasks.
 TASK_PREFIX: Final = "close-opps-sync:"
 #: Most ``?`` parameters put in one ``IN (...)``.
@@ -102,7 +105,14 @@ _V2_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
 #: The record's flat columns (``close_opps.serialize.flat_columns``, as CSV has them),
 #: after the key: one flattening for both.
 _FLAT: Final = tuple(c.name for c in flat_columns() if c.name not in ("provider", "id"))
-_BOOKKEEPING: Final = ("record", "raw", "content_hash", "first_synced_at", "synced_at")
+_BOOKKEEPING: Final = (
+    "record",
+    "raw",
+    "content_hash",
+    "first_synced_at",
+    "synced_at",
+    "deleted_at",  # version 3: NULL for a live record, else when it was deleted
+)
 _COLUMNS: Final = ("provider", "id", *_FLAT, *_BOOKKEEPING)
 _JSON_COLUMNS: Final = frozenset({"record", "raw"})
 
@@ -129,6 +139,17 @@ _MIGRATIONS: Final[Mapping[int, Sequence[str]]] = {
         + ", ".join(f"{name} = json_extract(record, '{path}')" for name, path in _V2_COLUMNS[:3])
         + f", custom_fields = json(json_extract(record, '{_V2_COLUMNS[3][1]}'))",
     ),
+    3: (
+        "ALTER TABLE opportunities ADD COLUMN deleted_at TEXT",
+        "CREATE INDEX IF NOT EXISTS opportunities_deleted_at "
+        "ON opportunities (provider, deleted_at)",
+        "CREATE TABLE IF NOT EXISTS feed_cursors (\n"
+        "    provider TEXT PRIMARY KEY,\n"
+        "    cursor TEXT NOT NULL,\n"
+        "    complete INTEGER NOT NULL,\n"
+        "    synced_at TEXT NOT NULL\n"
+        ")",
+    ),
 }
 
 # The statements below are assembled from the constant column names above and ``?``
@@ -150,7 +171,7 @@ _ORDER: Final = " ORDER BY provider, updated_at, id"
 def _select_hashes(count: int) -> str:
     marks = ", ".join("?" for _ in range(count))
     where = f"WHERE provider = ? AND id IN ({marks})"
-    return "SELECT id, content_hash FROM opportunities " + where  # noqa: S608
+    return "SELECT id, content_hash, deleted_at FROM opportunities " + where  # noqa: S608
 
 
 def _stamp(value: datetime) -> str:
@@ -223,6 +244,7 @@ def _build_row(provider: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
         digest.hexdigest(),
         now,
         now,
+        None,  # deleted_at: an upsert revives a tombstone
     )
 
 
@@ -232,11 +254,22 @@ _HASH: Final = _COLUMNS.index("content_hash")
 
 @attrs.frozen
 class UpsertCounts:
-    """What :meth:`SyncStore.upsert` did with a batch."""
+    """What :meth:`SyncStore.upsert` or :meth:`SyncStore.apply` did with a batch.
+
+    ``revived`` counts tombstones brought back by an upsert (also counted in ``updated``);
+    ``deleted`` the live records turned into tombstones.
+    """
 
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
+    deleted: int = 0
+    revived: int = 0
+
+    def __add__(self, other: UpsertCounts) -> UpsertCounts:
+        return UpsertCounts(
+            *(a + b for a, b in zip(attrs.astuple(self), attrs.astuple(other), strict=True))
+        )
 
 
 class SyncStore:
@@ -382,17 +415,36 @@ class SyncStore:
         )
         return {provider: datetime.fromisoformat(text) for provider, text in rows}
 
-    async def count(self, provider: str | None = None) -> int:
-        """How many records are stored (for ``provider``, or in all)."""
-        if provider is None:
-            rows = await self._run(lambda: self._query("SELECT COUNT(*) FROM opportunities"))
-        else:
-            rows = await self._run(
-                lambda: self._query(
-                    "SELECT COUNT(*) FROM opportunities WHERE provider = ?", (provider,)
-                )
-            )
+    async def count(self, provider: str | None = None, *, include_deleted: bool = False) -> int:
+        """How many live records are stored (for ``provider``, or in all); tombstones too
+        with ``include_deleted``."""
+        sql, params = _where("SELECT COUNT(*) FROM opportunities", provider, include_deleted)
+        rows = await self._run(lambda: self._query(sql, params))
         return int(rows[0][0])
+
+    async def live_ids(self, provider: str) -> set[str]:
+        """The ids of ``provider``'s live records (not tombstones)."""
+        sql, params = _where("SELECT id FROM opportunities", provider, False)
+        rows = await self._run(lambda: self._query(sql, params))
+        return {str(row[0]) for row in rows}
+
+    async def cursor(self, provider: str) -> str | None:
+        """The change-feed cursor the last run of ``provider`` committed, or ``None``.
+
+        After an interrupted first run it is that run's checkpoint (see :meth:`cursor_complete`).
+        """
+        rows = await self._run(
+            lambda: self._query("SELECT cursor FROM feed_cursors WHERE provider = ?", (provider,))
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def cursor_complete(self, provider: str) -> bool | None:
+        """Whether ``provider``'s stored cursor is that of a run that ended (``False``: the
+        checkpoint of an interrupted first run), or ``None`` without a cursor."""
+        rows = await self._run(
+            lambda: self._query("SELECT complete FROM feed_cursors WHERE provider = ?", (provider,))
+        )
+        return bool(rows[0][0]) if rows else None
 
     async def get(self, provider: str, opportunity_id: str) -> dict[str, Any] | None:
         """One stored row as ``{column: value}`` (``record`` and ``raw`` decoded from JSON),
@@ -405,14 +457,13 @@ class SyncStore:
         )
         return _as_dict(rows[0]) if rows else None
 
-    async def rows(self, provider: str | None = None) -> list[dict[str, Any]]:
-        """Every stored row (of ``provider``, or all), by provider, ``updated_at`` and id."""
-        if provider is None:
-            rows = await self._run(lambda: self._query(_SELECT + _ORDER))
-        else:
-            rows = await self._run(
-                lambda: self._query(_SELECT + " WHERE provider = ?" + _ORDER, (provider,))
-            )
+    async def rows(
+        self, provider: str | None = None, *, include_deleted: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every live row (of ``provider``, or all), by provider, ``updated_at`` and id;
+        tombstones too with ``include_deleted`` (their ``deleted_at`` is set)."""
+        sql, params = _where(_SELECT, provider, include_deleted)
+        rows = await self._run(lambda: self._query(sql + _ORDER, params))
         return [_as_dict(row) for row in rows]
 
     # ------------------------------------------------------------------------- writes
@@ -430,45 +481,159 @@ class SyncStore:
         return await self._run(lambda: self._upsert(provider, batch))
 
     def _upsert(self, provider: str, batch: list[Opportunity]) -> UpsertCounts:
-        conn = self._db()
         now = _stamp(datetime.now(UTC))
-        rows = [_row(provider, opp, now) for opp in batch]
-        ids = list(dict.fromkeys(str(row[_ID]) for row in rows))
+        return self._transaction(lambda conn: self._write_upserts(conn, provider, batch, now))
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._db()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            stored: dict[str, str] = {}
-            for start in range(0, len(ids), _IN_CHUNK):
-                chunk = ids[start : start + _IN_CHUNK]
-                query = conn.execute(_select_hashes(len(chunk)), (provider, *chunk))
-                stored.update(query.fetchall())
-            writes: list[tuple[Any, ...]] = []
-            inserted = updated = unchanged = 0
-            for row in rows:
-                key, digest = str(row[_ID]), str(row[_HASH])
-                previous = stored.get(key)
-                if previous is None:
-                    inserted += 1
-                elif previous != digest:
-                    updated += 1
-                else:
-                    unchanged += 1
-                    continue
-                stored[key] = digest
-                writes.append(row)
-            conn.executemany(_UPSERT, writes)
+            result = work(conn)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return UpsertCounts(inserted=inserted, updated=updated, unchanged=unchanged)
+        return result
+
+    @staticmethod
+    def _write_upserts(
+        conn: sqlite3.Connection, provider: str, batch: list[Opportunity], now: str
+    ) -> UpsertCounts:
+        rows = [_row(provider, opp, now) for opp in batch]
+        ids = list(dict.fromkeys(str(row[_ID]) for row in rows))
+        stored: dict[str, tuple[str, str | None]] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            query = conn.execute(_select_hashes(len(chunk)), (provider, *chunk))
+            stored.update((key, (digest, deleted)) for key, digest, deleted in query.fetchall())
+        writes: list[tuple[Any, ...]] = []
+        inserted = updated = unchanged = revived = 0
+        for row in rows:
+            key, digest = str(row[_ID]), str(row[_HASH])
+            previous = stored.get(key)
+            if previous is None:
+                inserted += 1
+            elif previous[1] is not None:  # a tombstone comes back
+                updated += 1
+                revived += 1
+            elif previous[0] != digest:
+                updated += 1
+            else:
+                unchanged += 1
+                continue
+            stored[key] = (digest, None)
+            writes.append(row)
+        conn.executemany(_UPSERT, writes)
+        return UpsertCounts(
+            inserted=inserted, updated=updated, unchanged=unchanged, revived=revived
+        )
+
+    @staticmethod
+    def _write_tombstones(
+        conn: sqlite3.Connection,
+        provider: str,
+        deletions: Iterable[tuple[str, datetime | None]],
+        now: str,
+    ) -> int:
+        deleted = 0
+        for record_id, occurred_at in deletions:
+            cursor = conn.execute(
+                "UPDATE opportunities SET deleted_at = ?, synced_at = ? "
+                "WHERE provider = ? AND id = ? AND deleted_at IS NULL",
+                (_stamp(occurred_at) if occurred_at else now, now, provider, record_id),
+            )
+            deleted += cursor.rowcount
+        return deleted
+
+    @staticmethod
+    def _write_cursor(
+        conn: sqlite3.Connection, provider: str, cursor: str | None, complete: bool, now: str
+    ) -> None:
+        if cursor is None:
+            conn.execute("DELETE FROM feed_cursors WHERE provider = ?", (provider,))
+            return
+        conn.execute(
+            "INSERT INTO feed_cursors (provider, cursor, complete, synced_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (provider) DO UPDATE SET cursor = excluded.cursor, "
+            "complete = excluded.complete, synced_at = excluded.synced_at",
+            (provider, cursor, int(complete), now),
+        )
+
+    async def apply(
+        self,
+        provider: str,
+        changes: Iterable[Change],
+        *,
+        cursor: str | None = None,
+        complete: bool = True,
+    ) -> UpsertCounts:
+        """Apply changes in order, in one transaction, and store ``cursor`` with them.
+
+        An upsert writes the record as :meth:`upsert` does (reviving a tombstone); a delete
+        keeps the row and its raw record, setting ``deleted_at`` (the change's
+        ``occurred_at``, else now); deleting an unknown or already deleted id does nothing.
+        ``cursor`` (when given) is stored as ``provider``'s feed cursor in the same
+        transaction; ``complete=False`` marks it as the checkpoint of an unfinished first run.
+        """
+        batch = list(changes)
+        if not batch and cursor is None:
+            return UpsertCounts()
+
+        def work(conn: sqlite3.Connection) -> UpsertCounts:
+            now = _stamp(datetime.now(UTC))
+            total = UpsertCounts()
+            start = 0
+            while start < len(batch):  # consecutive runs of one kind, in order
+                kind = batch[start].kind
+                end = start
+                while end < len(batch) and batch[end].kind is kind:
+                    end += 1
+                run = batch[start:end]
+                if kind is ChangeKind.UPSERT:
+                    opps = [c.opportunity for c in run if c.opportunity is not None]
+                    total += self._write_upserts(conn, provider, opps, now)
+                else:
+                    gone = [(c.id, c.occurred_at) for c in run]
+                    total += UpsertCounts(deleted=self._write_tombstones(conn, provider, gone, now))
+                start = end
+            if cursor is not None:
+                self._write_cursor(conn, provider, cursor, complete, now)
+            return total
+
+        return await self._run(lambda: self._transaction(work))
+
+    async def delete(self, provider: str, ids: Iterable[str], *, at: datetime | None = None) -> int:
+        """Turn live records into tombstones (``deleted_at`` = ``at``, else now); returns
+        how many were live."""
+        when = _aware_or_none("at", at)
+        chosen = [(record_id, when) for record_id in ids]
+        now = _stamp(datetime.now(UTC))
+        return await self._run(
+            lambda: self._transaction(
+                lambda conn: self._write_tombstones(conn, provider, chosen, now)
+            )
+        )
+
+    async def set_cursor(self, provider: str, cursor: str | None, *, complete: bool = True) -> None:
+        """Store ``provider``'s feed cursor (``None`` forgets it: the next sync reads every
+        record again, and tombstones the stored ones no longer there)."""
+        now = _stamp(datetime.now(UTC))
+        await self._run(
+            lambda: self._transaction(
+                lambda conn: self._write_cursor(conn, provider, cursor, complete, now)
+            )
+        )
 
     async def set_watermark(self, provider: str, value: datetime | None) -> None:
-        """Set ``provider``'s watermark (``None`` forgets it: the next sync reads
-        everything). :func:`sync` calls it; call it yourself to force a full re-read."""
+        """Set ``provider``'s watermark (the newest ``updated_at`` stored, for information).
+
+        ``None`` forgets it and the feed cursor too: the next sync reads everything again.
+        """
         if value is None:
             await self._run(
                 lambda: self._execute("DELETE FROM watermarks WHERE provider = ?", provider)
             )
+            await self.set_cursor(provider, None)
             return
         if value.utcoffset() is None:
             raise ValueError(f"the watermark must be timezone-aware, got {value!r}")
@@ -485,6 +650,21 @@ class SyncStore:
 
     def _execute(self, sql: str, *params: Any) -> None:
         self._db().execute(sql, params)  # autocommit: one statement, one transaction
+
+
+def _where(sql: str, provider: str | None, include_deleted: bool) -> tuple[str, tuple[Any, ...]]:
+    conditions = [] if include_deleted else ["deleted_at IS NULL"]
+    params: tuple[Any, ...] = ()
+    if provider is not None:
+        conditions.append("provider = ?")
+        params = (provider,)
+    return (sql + " WHERE " + " AND ".join(conditions) if conditions else sql), params
+
+
+def _aware_or_none(name: str, value: datetime | None) -> datetime | None:
+    if value is not None and value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware, got {value!r}")
+    return value
 
 
 def _as_dict(row: Sequence[Any]) -> dict[str, Any]:
@@ -504,10 +684,16 @@ class SyncReport:
     Attributes:
         provider: the provider (the hub's name for it).
         inserted: records stored for the first time.
-        updated: stored records whose normalized fields or raw payload changed.
-        unchanged: records read again but identical to what was stored (the overlap, and
-            anything re-read after an interrupted run).
-        watermark: the provider's watermark after the run.
+        updated: stored records whose normalized fields or raw payload changed, and
+            deleted records that came back (``revived``).
+        unchanged: records delivered again but identical to what was stored (a first run
+            over a store that has them, anything re-read after an interrupted run).
+        watermark: the newest ``updated_at`` stored for the provider after the run.
+        deleted: live records the run turned into tombstones.
+        revived: tombstones an upsert brought back (counted in ``updated`` too).
+        full_resync: whether the run received every current record (a first run, or Close's
+            fallback to full reconciliation); stored records it did not receive were
+            deleted then.
     """
 
     provider: str
@@ -515,6 +701,9 @@ class SyncReport:
     updated: int
     unchanged: int
     watermark: datetime | None
+    deleted: int = 0
+    revived: int = 0
+    full_resync: bool = False
 
     @property
     def total(self) -> int:
@@ -564,49 +753,82 @@ async def _sync_provider(
     adapter: BaseAdapter,
     store: SyncStore,
     *,
-    overlap: timedelta,
     batch_size: int,
     on_progress: Callable[[str, int], None] | None,
+    max_deletion_share: float,
+    allow_mass_deletion: bool,
+    clock: Clock | None,
 ) -> SyncReport:
     previous = await store.watermark(name)
-    filters: dict[str, Any] = {}
-    if previous is not None:
-        try:
-            filters["updated_since"] = previous - overlap
-        except OverflowError:  # a watermark at the very start of the calendar
-            filters["updated_since"] = datetime.min.replace(tzinfo=UTC)
-    counts = [0, 0, 0]
+    since = await store.cursor(name)
+    feed = adapter.changes(
+        since,
+        max_deletion_share=max_deletion_share,
+        allow_mass_deletion=allow_mass_deletion,
+        clock=clock,
+    )
+    counts = UpsertCounts()
     newest: datetime | None = None
-    batch: list[Opportunity] = []
+    batch: list[Change] = []
 
-    async def flush() -> None:
-        nonlocal newest, batch
-        if not batch:
-            return
+    async def flush(*, cursor: str | None = None, complete: bool = False) -> None:
+        nonlocal newest, batch, counts
         done, batch = batch, []
-        result = await store.upsert(name, done)
-        counts[0] += result.inserted
-        counts[1] += result.updated
-        counts[2] += result.unchanged
-        latest = max(opp.updated_at for opp in done)
-        if newest is None or latest > newest:
-            newest = latest
-        if on_progress is not None:
-            on_progress(name, sum(counts))
+        if not done and cursor is None:
+            return
+        counts += await store.apply(name, done, cursor=cursor, complete=complete)
+        moments = [c.opportunity.updated_at for c in done if c.opportunity is not None]
+        if moments and (newest is None or max(moments) > newest):
+            newest = max(moments)
+        if on_progress is not None and done:
+            on_progress(name, counts.inserted + counts.updated + counts.unchanged + counts.deleted)
 
-    logger.debug("syncing %s since %s", name, filters.get("updated_since", "the beginning"))
-    listing = adapter.list(**filters)
+    delivered = checkpointed = 0
+
+    async def checkpoint() -> str | None:
+        """A first run's checkpoint, to go in with the batch: a run killed later resumes
+        after it (None for other runs: they restart from their cursor). Encoding one costs
+        time in the number of records delivered, so it is done off the event loop (the
+        feed does not move meanwhile), with every batch at first, then every tenth of the
+        way: a killed run redoes at most a tenth of its work."""
+        nonlocal checkpointed
+        if delivered - checkpointed < max(batch_size, checkpointed // 10):
+            return None
+        checkpointed = delivered
+        return await asyncio.to_thread(feed.checkpoint)
+
+    logger.debug("syncing %s from %s", name, "its cursor" if since else "the beginning")
     try:
-        async for opp in listing:
-            batch.append(opp)
+        async for change in feed:
+            batch.append(change)
+            delivered += 1
             if len(batch) >= batch_size:
-                await flush()
+                await flush(cursor=await checkpoint(), complete=False)
     except CloseOppsError:
-        await flush()  # keep what was read; the watermark stays, so it is read again
+        # keep what was read (with the checkpoint it reached); the cursor stays
+        checkpointed = -batch_size  # whatever the spacing: this is the last chance
+        await flush(cursor=await checkpoint(), complete=False)
         raise
     finally:
-        await aclose_iterator(listing)
-    await flush()
+        await feed.aclose()
+    assert feed.cursor is not None  # the feed ran to its end
+    if feed.full_resync:
+        # Every current record was delivered: stored ones it did not deliver are gone (a
+        # store filled before the feed, or by a cursor forgotten). The same guard applies.
+        await flush()
+        state = await asyncio.to_thread(decode_cursor, feed.cursor, provider=adapter.provider)
+        known = state.known
+        live = await store.live_ids(name)
+        stale = sorted(live - set(known))
+        check_mass_deletion(
+            adapter.provider,
+            would_delete=len(stale),
+            known=len(live),
+            max_share=max_deletion_share,
+            allowed=allow_mass_deletion,
+        )
+        batch.extend(Change.delete(adapter.provider, record_id) for record_id in stale)
+    await flush(cursor=feed.cursor, complete=True)
 
     watermark = previous
     if newest is not None and (previous is None or newest > previous):
@@ -614,17 +836,22 @@ async def _sync_provider(
         watermark = newest
     report = SyncReport(
         provider=name,
-        inserted=counts[0],
-        updated=counts[1],
-        unchanged=counts[2],
+        inserted=counts.inserted,
+        updated=counts.updated,
+        unchanged=counts.unchanged,
         watermark=watermark,
+        deleted=counts.deleted,
+        revived=counts.revived,
+        full_resync=feed.full_resync,
     )
     logger.info(
-        "synced %s: %d inserted, %d updated, %d unchanged; watermark %s",
+        "synced %s: %d inserted, %d updated, %d unchanged, %d deleted%s; watermark %s",
         name,
         report.inserted,
         report.updated,
         report.unchanged,
+        report.deleted,
+        " (full resync)" if report.full_resync else "",
         _stamp_or_none(watermark) or "none",
     )
     return report
@@ -638,23 +865,32 @@ async def sync(
     overlap: timedelta = timedelta(seconds=1),
     batch_size: int = 200,
     on_progress: Callable[[str, int], None] | None = None,
+    max_deletion_share: float = DEFAULT_MAX_DELETION_SHARE,
+    allow_mass_deletion: bool = False,
+    clock: Clock | None = None,
 ) -> dict[str, SyncReport]:
     """Bring ``store`` up to date with every provider of ``source``, concurrently.
 
-    For each provider: list the records updated since its watermark minus ``overlap``
-    (everything on the first run), upsert them ``batch_size`` at a time (one transaction
-    per batch), and once the listing has ended, move the watermark to the newest
-    ``updated_at`` committed. Adapters given directly are not closed.
+    For each provider: read its change feed from the cursor stored for it (every record on
+    the first run), apply the changes ``batch_size`` at a time (one transaction per batch:
+    upserts write or revive records, deletes keep tombstones), and store the feed's new
+    cursor with the last batch. A first run stores its checkpoint with every batch, so a
+    run killed midway resumes there. Adapters given directly are not closed.
 
     Args:
         source: a hub, or adapters (named by ``provider``) or ``{name: adapter}``.
         store: an open :class:`SyncStore`.
         providers: only these (default: all of ``source``).
-        overlap: how far before the watermark to start reading again, so records sharing
-            the watermark's timestamp, or committed late by the CRM, are not missed.
-        batch_size: records per transaction.
-        on_progress: called as ``on_progress(provider, records_so_far)`` after each
+        overlap: no longer used (the feeds re-read what they need); kept for compatibility
+            and still checked.
+        batch_size: changes per transaction.
+        on_progress: called as ``on_progress(provider, changes_so_far)`` after each
             committed batch.
+        max_deletion_share: a run that would delete more than this share of a provider's
+            records fails for that provider instead (``MassDeletionError``), deleting
+            nothing.
+        allow_mass_deletion: turn that guard off.
+        clock: the feeds' "now" (see ``BaseAdapter.changes``).
 
     Returns:
         ``{provider: SyncReport}``, in the order of the providers.
@@ -679,13 +915,15 @@ async def sync(
                 name,
                 hub.adapter(name),
                 store,
-                overlap=overlap,
                 batch_size=batch_size,
                 on_progress=on_progress,
+                max_deletion_share=max_deletion_share,
+                allow_mass_deletion=allow_mass_deletion,
+                clock=clock,
             )
         except CloseOppsError as exc:
             logger.warning(
-                "sync of %s failed; its watermark is unchanged: %s: %s",
+                "sync of %s failed; its cursor is unchanged: %s: %s",
                 name,
                 type(exc).__name__,
                 exc,

@@ -36,6 +36,7 @@ import attrs
 import pytest
 
 from close_opps.adapters.base import BaseAdapter
+from close_opps.changes import ChangeKind
 from close_opps.errors import AuthenticationError, CloseOppsError, NotFoundError
 from close_opps.model import Opportunity, OpportunityStatus
 
@@ -78,6 +79,20 @@ class AdapterContract:
         assert set(ids) == set(contract_server.ids)
         assert len({o.provider for o in got}) == 1
         assert all(isinstance(o, Opportunity) for o in got)
+
+    async def test_the_change_feed_delivers_every_record_then_nothing(
+        self, contract_server: ContractServer
+    ) -> None:
+        async with contract_server.connect(page_size=8) as adapter:
+            first = adapter.changes()
+            changes = [change async for change in first]
+            assert first.full_resync
+            assert first.cursor is not None, "a feed run to its end has a cursor"
+            assert all(c.kind is ChangeKind.UPSERT for c in changes)
+            assert sorted(c.id for c in changes) == sorted(contract_server.ids)
+            again = adapter.changes(since=first.cursor)
+            assert [change async for change in again] == [], "nothing changed"
+            assert again.cursor is not None
 
     async def test_pages_carry_the_same_records(self, contract_server: ContractServer) -> None:
         async with contract_server.connect(page_size=8) as adapter:

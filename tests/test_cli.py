@@ -437,7 +437,7 @@ def _sync_rows(stdout: str) -> dict[str, list[int]]:
     for line in stdout.splitlines():
         parts = line.split()
         if parts and parts[0] in ("close", "getraze", "reevo"):
-            rows[parts[0]] = [int(n) for n in parts[1:5]]
+            rows[parts[0]] = [int(n) for n in parts[1:6]]  # inserted ... deleted, total
     return rows
 
 
@@ -447,12 +447,12 @@ def test_sync_twice_changes_nothing_the_second_time(tmp_path: Path) -> None:
     assert first.exit_code == 0, first.stderr
     rows = _sync_rows(first.stdout)
     assert set(rows) == {"close", "getraze", "reevo"}
-    assert all(inserted == 60 and updated == 0 for inserted, updated, _, _ in rows.values())
+    assert all(inserted == 60 and updated == 0 for inserted, updated, *_ in rows.values())
     assert "180 opportunities stored" in first.stdout
 
     second = invoke(["sync", "--db", str(db), "--sandbox"])
     assert second.exit_code == 0, second.stderr
-    for inserted, updated, unchanged, total in _sync_rows(second.stdout).values():
+    for inserted, updated, unchanged, _deleted, total in _sync_rows(second.stdout).values():
         assert (inserted, updated) == (0, 0)
         assert unchanged == total
     assert "180 opportunities stored" in second.stdout
@@ -467,7 +467,7 @@ def test_sync_of_named_providers_against_a_server(served: Sandbox, tmp_path: Pat
     }
     result = invoke(["sync", "--db", str(tmp_path / "two.db"), "close", "reevo"], env=env)
     assert result.exit_code == 0, result.stderr
-    assert _sync_rows(result.stdout) == {"close": [40, 0, 0, 40], "reevo": [40, 0, 0, 40]}
+    assert _sync_rows(result.stdout) == {"close": [40, 0, 0, 0, 40], "reevo": [40, 0, 0, 0, 40]}
 
 
 def test_sync_reports_the_providers_that_failed(served: Sandbox, tmp_path: Path) -> None:
@@ -483,7 +483,7 @@ def test_sync_reports_the_providers_that_failed(served: Sandbox, tmp_path: Path)
     assert len(lines) == 1
     assert lines[0].startswith("close-opps: error: sync failed: getraze: HTTP 401")
     assert "not-the-key" not in result.output
-    assert _sync_rows(result.stdout) == {"close": [40, 0, 0, 40]}
+    assert _sync_rows(result.stdout) == {"close": [40, 0, 0, 0, 40]}
 
 
 def test_sync_to_an_unusable_database_is_one_line(tmp_path: Path) -> None:

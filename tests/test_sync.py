@@ -147,7 +147,7 @@ async def test_first_run_inserts_everything(
     for name in VENDORS:
         report = reports[name]
         newest = max([opp.updated_at async for opp in hub.adapters[name].list()])
-        assert report == SyncReport(name, RECORDS, 0, 0, newest)
+        assert report == SyncReport(name, RECORDS, 0, 0, newest, full_resync=True)
         assert report.total == RECORDS
         assert await store.count(name) == len(sb[name].records) == RECORDS
         assert await store.watermark(name) == newest
@@ -203,7 +203,7 @@ async def test_amounts_are_stored_exactly(
 # ------------------------------------------------------------------- incremental runs
 
 
-async def test_second_run_changes_nothing_and_reads_incrementally(
+async def test_second_run_changes_nothing_and_reads_only_changes(
     sb: Sandbox, hub: OpportunityHub, store: SyncStore
 ) -> None:
     first = await sync(hub, store)
@@ -212,34 +212,20 @@ async def test_second_run_changes_nothing_and_reads_incrementally(
 
     second = await sync(hub, store)
     requests = {name: sb[name].request_count for name in VENDORS}
-    first_requests = {name: sb[name].requests[0] for name in VENDORS}
 
     for name in VENDORS:
         report = second[name]
-        watermark = first[name].watermark
-        assert watermark is not None
-        assert (report.inserted, report.updated) == (0, 0)
-        assert report.watermark == watermark
-        # only the records within the overlap are read again
-        bound = watermark - timedelta(seconds=1)
-        near = [opp async for opp in hub.adapters[name].list() if opp.updated_at >= bound]
-        assert report.unchanged == len(near) > 0
-        assert requests[name] < RECORDS // 20  # fewer requests than a full listing
+        assert (report.inserted, report.updated, report.unchanged, report.deleted) == (0, 0, 0, 0)
+        assert not report.full_resync
+        assert report.watermark == first[name].watermark
     assert await store.rows() == before  # not one row rewritten
-
-    first_close = first["close"].watermark
-    assert first_close is not None
-    close_query = first_requests["close"].query
-    assert "date_updated__gte" in close_query
-    assert datetime.fromisoformat(close_query["date_updated__gte"]) == (
-        first_close - timedelta(seconds=1)
-    )
-    reevo_filters = first_requests["reevo"].json()["filters"]
-    assert {"field": "updated_at", "operator": "gte"}.items() <= reevo_filters[0].items()
-    # Getraze filters nothing server-side: newest first, stopping at the bound
-    getraze_query = first_requests["getraze"].query
-    assert (getraze_query["sort_by"], getraze_query["sort_order"]) == ("updated_at", "desc")
-    assert requests["getraze"] == 1
+    # Close reads its event log: one query per action, nothing changed, nothing fetched
+    assert requests["close"] == 3
+    assert {r.path.rstrip("/").rsplit("/", 1)[-1] for r in sb.close.requests} == {"event"}
+    # Getraze and Reevo reconcile: a full listing (20 per page), compared with the cursor
+    # (Getraze re-reads the pages around records sharing a creation time: see listing.md)
+    assert requests["reevo"] == RECORDS // 20
+    assert requests["getraze"] >= RECORDS // 20
 
 
 async def test_a_changed_record_is_updated(
@@ -308,10 +294,11 @@ async def test_a_record_sharing_the_watermark_timestamp_is_not_missed(
         assert Decimal(row["amount"]) == Decimal("1111.11")
 
 
-async def test_the_overlap_catches_late_commits(
+async def test_a_record_stamped_before_the_watermark_is_not_missed(
     sb: Sandbox, hub: OpportunityHub, store: SyncStore
 ) -> None:
-    """A record committed by the CRM after the run, stamped just before the watermark."""
+    """A record committed by the CRM after the run, stamped just before the watermark: the
+    event log has it whatever its stamp (the old watermark listing needed an overlap)."""
     first = await sync(hub, store, providers=["close"])
     watermark = first["close"].watermark
     assert watermark is not None
@@ -320,11 +307,8 @@ async def test_the_overlap_catches_late_commits(
         record_id, amount=Decimal("2222.22"), updated_at=watermark - timedelta(milliseconds=500)
     )
 
-    without = await sync(hub, store, providers=["close"], overlap=timedelta(0))
-    assert without["close"].updated == 0  # missed: why the overlap exists
-
-    with_overlap = await sync(hub, store, providers=["close"])  # default: one second
-    assert with_overlap["close"].updated == 1
+    again = await sync(hub, store, providers=["close"], overlap=timedelta(0))
+    assert again["close"].updated == 1
     row = await store.get("close", record_id)
     assert row is not None
     assert row["amount"] == "2222.22"
@@ -336,8 +320,11 @@ async def test_forgetting_the_watermark_forces_a_full_read(
     await sync(hub, store, providers=["reevo"])
     await store.set_watermark("reevo", None)
     assert await store.watermark("reevo") is None
+    assert await store.cursor("reevo") is None  # forgetting the watermark forgets the cursor
     again = await sync(hub, store, providers=["reevo"])
-    assert again["reevo"] == SyncReport("reevo", 0, 0, RECORDS, again["reevo"].watermark)
+    assert again["reevo"] == SyncReport(
+        "reevo", 0, 0, RECORDS, again["reevo"].watermark, full_resync=True
+    )
 
 
 # ---------------------------------------------------------------------- crash safety
@@ -360,65 +347,65 @@ async def test_a_run_killed_between_pages_loses_nothing(sb: Sandbox, store: Sync
         # the other providers completed
         assert sorted(error.reports) == ["getraze", "reevo"]
         assert all(r.inserted == RECORDS for r in error.reports.values())
-        # Close: page 1 committed (a batch of 15, and the 5 read before the failure),
-        # watermark untouched
+        # Close: page 1 committed (a batch of 15, and the 5 read before the failure), with
+        # the first run's checkpoint; watermark untouched
         assert await store.count("close") == 20
         assert await store.watermark("close") is None
+        assert await store.cursor_complete("close") is False
 
+        sb.close.reset()
         resumed = await sync(hub, store, batch_size=15)
 
-    assert resumed["close"] == SyncReport("close", RECORDS - 20, 0, 20, resumed["close"].watermark)
-    assert resumed["close"].watermark is not None
+    report = resumed["close"]
+    # resumed from the checkpoint: only the records created at its instant are read again
+    assert report.inserted == RECORDS - 20
+    assert 1 <= report.unchanged < 15
+    assert report.full_resync
+    # the listing starts at the checkpoint's creation time, on the server
+    assert "date_created__gte" in sb.close.requests[0].query
+    assert report.watermark is not None
+    assert await store.cursor_complete("close") is True
     assert await store.count("close") == RECORDS
     stored = await keys(store)
     assert len(stored) == len(set(stored)) == 3 * RECORDS
 
 
-async def test_an_incremental_run_killed_midway_keeps_the_old_watermark(
+async def test_an_incremental_run_killed_midway_keeps_the_old_cursor(
     sb: Sandbox, store: SyncStore
 ) -> None:
     async with OpportunityHub({"close": adapter_for(sb, "close", max_retries=0)}) as hub:
-        first = await sync(hub, store)
-        watermark = first["close"].watermark
-        assert watermark is not None
-        near = sum(1 for d in sb.close.deals if d.updated_at >= watermark - timedelta(seconds=1))
-        touched = older_ids(sb.close, watermark - timedelta(seconds=5), 50)
-        for minutes, record_id in enumerate(touched, start=1):
-            sb.close.touch(record_id, watermark + timedelta(minutes=minutes))
-        # page 2 of the incremental listing arrives cut in half (a DecodeError)
-        sb.close.script(Fault.ok(), Fault.malformed("truncated_json"))
+        await sync(hub, store)
+        cursor = await store.cursor("close")
+        touched = sb.close.ids[:50]
+        for record_id in touched:
+            sb.close.edit(record_id, confidence=1)
+        # three event queries, then page 2 of the listing of the 50 changed records arrives
+        # cut in half (a DecodeError)
+        sb.close.script(
+            Fault.ok(), Fault.ok(), Fault.ok(), Fault.ok(), Fault.malformed("truncated_json")
+        )
 
         with pytest.raises(SyncError) as caught:
             await sync(hub, store)
         assert isinstance(caught.value.errors["close"], close_opps.DecodeError)
-        assert await store.watermark("close") == watermark  # not moved by a partial run
-        partial = await store.rows("close")
-        newest_stored = max(datetime.fromisoformat(row["updated_at"]) for row in partial)
-        assert newest_stored > watermark  # some touched records were committed...
-
-        committed: set[str] = set()
-        for record_id in touched:
-            row = await store.get("close", record_id)
-            assert row is not None
-            if datetime.fromisoformat(row["updated_at"]) > watermark:
-                committed.add(record_id)
-        assert 0 < len(committed) < len(touched)
+        assert await store.cursor("close") == cursor  # not moved by a partial run
+        committed = {
+            record_id
+            for record_id in touched
+            if (row := await store.get("close", record_id)) and row["confidence"] == 1
+        }
+        assert len(committed) == 20  # page 1 was kept
 
         resumed = await sync(hub, store)
 
     report = resumed["close"]
-    # ... what page 1 brought was committed before the failure, so it is read again
-    # unchanged; the touched records it did not reach are updated now.
-    assert report.inserted == 0
-    assert report.total == near + len(touched)
-    assert report.updated == len(touched) - len(committed)
-    assert report.watermark == watermark + timedelta(minutes=len(touched))
-    assert await store.watermark("close") == report.watermark
+    # the old cursor reads the same events again: what page 1 brought is unchanged now
+    assert (report.inserted, report.updated, report.unchanged) == (0, 30, 20)
     assert await store.count("close") == RECORDS
-    for minutes, record_id in enumerate(touched, start=1):
+    for record_id in touched:
         row = await store.get("close", record_id)
         assert row is not None
-        assert datetime.fromisoformat(row["updated_at"]) == watermark + timedelta(minutes=minutes)
+        assert row["confidence"] == 1
 
 
 async def test_a_cancelled_run_resumes_without_doubles(
@@ -444,7 +431,8 @@ async def test_a_cancelled_run_resumes_without_doubles(
 
     resumed = await sync(hub, store, providers=["getraze"], batch_size=10)
     assert resumed["getraze"].inserted == RECORDS - committed
-    assert resumed["getraze"].unchanged == committed
+    # resumed after the committed batch: only records created at its instant come again
+    assert resumed["getraze"].unchanged < committed
     assert await store.count("getraze") == RECORDS
     stored = await keys(store)
     assert len(stored) == len(set(stored)) == RECORDS

@@ -32,6 +32,9 @@ from close_opps._constants import (
     DEFAULT_TIMEOUT,
 )
 from close_opps._redact import get_logger
+from close_opps.changes import Change
+from close_opps.errors import NotFoundError
+from close_opps.feed import DEFAULT_MAX_DELETION_SHARE, ChangeFeed, Clock, FeedRun, decode_cursor
 from close_opps.http import Dialect, RateLimit, Request, Response, Secret, Transport
 from close_opps.model import Opportunity, OpportunityStatus
 from close_opps.paging import Page, Pager, PagingPolicy
@@ -190,6 +193,8 @@ class BaseAdapter(abc.ABC):
     dialect_class: ClassVar[type[Dialect]]
     #: The largest page the provider serves, when known up front.
     max_page_size: ClassVar[int | None] = None
+    #: The ``order_by`` that lists oldest created first (``None``: the default order does).
+    creation_order: ClassVar[str | None] = None
     #: Filter names the adapter sets itself (refused in ``**filters``).
     reserved_filters: ClassVar[frozenset[str]] = frozenset()
 
@@ -285,6 +290,81 @@ class BaseAdapter(abc.ABC):
         Takes the same arguments as :meth:`list` (checked at the call, before any request).
         """
         return self._limited(self.list_query(**arguments))
+
+    def changes(
+        self,
+        since: str | None = None,
+        *,
+        max_deletion_share: float = DEFAULT_MAX_DELETION_SHARE,
+        allow_mass_deletion: bool = False,
+        clock: Clock | None = None,
+    ) -> ChangeFeed:
+        """The changes since a cursor: every upsert and delete, at least once.
+
+        ``since=None`` delivers every current record as an upsert. Iterate the returned
+        :class:`~close_opps.feed.ChangeFeed` to its end, then keep its ``cursor`` for the next
+        call. A consumer that applies the changes in order (an upsert replaces, a delete
+        removes) ends with the provider's state; a change delivered twice does no harm. See
+        ``docs/changes.md`` for what each provider can tell and what a run costs.
+
+        Args:
+            since: the ``cursor`` of an earlier feed of this provider, or ``None``.
+            max_deletion_share: a reconciliation that would delete more than this share of
+                the records the cursor knows raises instead (default half).
+            allow_mass_deletion: turn that guard off (the deletions are expected).
+            clock: the current moment (default: the system clock, UTC); feeds that read a
+                change log compare it with the cursor's checkpoint.
+
+        Raises:
+            InvalidCursorError: ``since`` is not a cursor of this provider's feed (at once,
+                before any request).
+            ValueError: ``max_deletion_share`` is not between 0 and 1.
+
+        Iterating raises what ``list()`` raises, and :class:`~close_opps.MassDeletionError`
+        before any delete when the guard trips.
+        """
+        state = decode_cursor(since, provider=self.provider) if since is not None else None
+        run = FeedRun(
+            provider=self.provider,
+            since=state,
+            clock=clock,
+            max_deletion_share=max_deletion_share,
+            allow_mass_deletion=allow_mass_deletion,
+        )
+        return ChangeFeed(run, self._change_stream)
+
+    async def _change_stream(self, run: FeedRun) -> AsyncGenerator[Change, None]:
+        """The changes of one feed run (for implementations; the default reconciles).
+
+        Reconciliation lists every current record (ordered by creation, so that edits made
+        meanwhile move nothing), upserts the new and changed ones (every one on a first run)
+        and deletes the known ids no longer listed. A provider with a change log overrides
+        this, and may call ``run.reconcile`` as its fallback.
+        """
+        stream = (
+            run.initial(self._created_from)
+            if run.first_run
+            else run.reconcile(
+                self.list(),
+                upsert_all=False,
+                confirm=self._get_or_none,
+                concurrency=self.concurrency,
+            )
+        )
+        async with aclosing(stream) as changes:
+            async for change in changes:
+                yield change
+
+    async def _get_or_none(self, opportunity_id: str) -> Opportunity | None:
+        """The record, or ``None`` when the provider says there is no such record."""
+        try:
+            return await self.get(opportunity_id)
+        except NotFoundError:
+            return None
+
+    def _created_from(self, after: datetime | None) -> AsyncGenerator[Opportunity, None]:
+        """Every current record, oldest created first, from ``after`` (inclusive)."""
+        return self.list(created_since=after, order_by=self.creation_order)
 
     async def aclose(self) -> None:
         """Release the HTTP session if the adapter created it."""

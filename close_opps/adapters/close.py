@@ -7,9 +7,11 @@ maximum ``_skip``.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime, time
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from contextlib import aclosing
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
@@ -18,9 +20,17 @@ import attrs
 
 from close_opps._decoding import decode, make_converter
 from close_opps._redact import get_logger
+from close_opps._tasks import fetch_in_order
 from close_opps.adapters._close_webhooks import CloseWebhooksMixin
 from close_opps.adapters.base import BaseAdapter, ListQuery
-from close_opps.errors import DecodeError
+from close_opps.changes import Change, ChangeKind
+from close_opps.errors import (
+    DecodeError,
+    InvalidRequestError,
+    PaginationError,
+    PermissionDeniedError,
+)
+from close_opps.feed import FeedRun
 from close_opps.http import Dialect, ErrorFields, Request, Response, Secret, opt_str, path_segment
 from close_opps.model import Contact, Money, Opportunity, OpportunityStatus, Ref
 from close_opps.paging import PageRequest, PagingPolicy, ParsedPage
@@ -28,9 +38,14 @@ from close_opps.paging import PageRequest, PagingPolicy, ParsedPage
 __all__ = [
     "CloseAdapter",
     "CloseDialect",
+    "CloseEvent",
     "CloseOpportunity",
     "ClosePaging",
+    "EventPage",
     "close_to_opportunity",
+    "event_change_kind",
+    "latest_changes",
+    "parse_event_page",
     "parse_list_page",
 ]
 
@@ -332,6 +347,139 @@ def _list_params(query: ListQuery, order: str) -> dict[str, Any]:
     return params
 
 
+# ------------------------------------------------------------------------------ event log
+
+#: How far back Close's event log goes.
+EVENT_LOG_RETENTION: Final = timedelta(days=30)
+#: Events can become visible out of order for a few minutes: every read re-scans this much
+#: before the checkpoint, as Close advises.
+EVENT_RESCAN: Final = timedelta(minutes=5)
+#: Close's page size (default and maximum) for ``GET /event/``.
+EVENT_PAGE_SIZE: Final = 50
+_EVENT_ACTIONS: Final = ("created", "updated", "deleted")
+#: A record's ``date_updated`` can be a few milliseconds before its event's.
+_LISTING_MARGIN: Final = timedelta(minutes=1)
+
+
+class _NoEventLogError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+@attrs.frozen(kw_only=True)
+class CloseEvent:
+    """One event of Close's event log (the fields the feed reads; the rest is ignored).
+
+    ``date_updated`` moves when later changes are consolidated into the event (same ``id``).
+    ``data`` is ``None`` (or ``{}``) on deletes and may be missing for non-admin keys.
+    """
+
+    id: str
+    date_updated: datetime
+    object_type: str
+    object_id: str
+    action: str
+    date_created: datetime | None = None
+    lead_id: str | None = None
+    changed_fields: list[str] | None = None
+    meta: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    previous_data: dict[str, Any] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class EventPage:
+    """One ``GET /event/`` page: events newest first, and the cursor to older ones."""
+
+    events: tuple[CloseEvent, ...]
+    cursor_next: str | None = None
+    cursor_previous: str | None = None
+
+
+_event_converter = make_converter()
+
+
+def parse_event_page(data: Any) -> EventPage:
+    """One ``GET /event/`` body as an :class:`EventPage` (pure).
+
+    Raises:
+        DecodeError: the body, or one of its events, does not match Close's contract.
+    """
+    if not isinstance(data, Mapping):
+        raise DecodeError("the event list body is not an object", provider=PROVIDER, path="$")
+    raw_events = data.get("data")
+    if not isinstance(raw_events, list):
+        raise DecodeError(
+            f"expected a list of events, got {type(raw_events).__name__}",
+            provider=PROVIDER,
+            path="$.data",
+        )
+    cursors: dict[str, str | None] = {}
+    for name in ("cursor_next", "cursor_previous"):
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            raise DecodeError(
+                f"expected a string or null, got {type(value).__name__}",
+                provider=PROVIDER,
+                path=f"$.{name}",
+            )
+        cursors[name] = value or None
+    events = []
+    for i, raw in enumerate(raw_events):
+        if isinstance(raw, Mapping) and not isinstance(raw.get("data"), (Mapping, type(None))):
+            raw = {**raw, "data": None}
+        events.append(
+            decode(_event_converter, raw, CloseEvent, provider=PROVIDER, path=f"$.data[{i}]")
+        )
+    return EventPage(
+        events=tuple(events),
+        cursor_next=cursors["cursor_next"],
+        cursor_previous=cursors["cursor_previous"],
+    )
+
+
+def event_change_kind(event: CloseEvent) -> ChangeKind | None:
+    """What an event means for a copy of the opportunities (pure).
+
+    ``None`` for an event of another object type; :attr:`ChangeKind.DELETE` for an
+    opportunity ``deleted`` (a lead's deletion logs one per opportunity, and a merge that
+    re-creates an opportunity deletes the old id); :attr:`ChangeKind.UPSERT` for any other
+    opportunity action (``created``, ``updated``, a merge moving it to another lead, ...):
+    the current record is to be fetched.
+    """
+    if event.object_type != "opportunity":
+        return None
+    return ChangeKind.DELETE if event.action == "deleted" else ChangeKind.UPSERT
+
+
+def latest_changes(events: Iterable[CloseEvent]) -> dict[str, tuple[ChangeKind, datetime]]:
+    """Each opportunity's latest change, oldest first (pure).
+
+    Events are upserted by ``id`` keeping the newest ``date_updated`` (a consolidated event
+    comes back with the same id); then each object's newest event decides, a delete winning
+    a tie (nothing can follow a deletion of the same id).
+    """
+    newest: dict[str, CloseEvent] = {}
+    for event in events:
+        kept = newest.get(event.id)
+        if kept is None or event.date_updated > kept.date_updated:
+            newest[event.id] = event
+    latest: dict[str, tuple[ChangeKind, datetime]] = {}
+    for event in newest.values():
+        kind = event_change_kind(event)
+        if kind is None:
+            continue
+        current = latest.get(event.object_id)
+        if (
+            current is None
+            or event.date_updated > current[1]
+            or (event.date_updated == current[1] and kind is ChangeKind.DELETE)
+        ):
+            latest[event.object_id] = (kind, event.date_updated)
+    return dict(sorted(latest.items(), key=lambda item: item[1][1]))
+
+
 class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
     """Opportunities from Close.
 
@@ -368,3 +516,153 @@ class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
     def paging_policy(self, query: ListQuery) -> ClosePaging:
         """Close's paging for ``query``."""
         return ClosePaging(query)
+
+    # ---------------------------------------------------------------------- change feed
+
+    async def _change_stream(self, run: FeedRun) -> AsyncGenerator[Change, None]:
+        """Close's feed: the event log since the cursor's checkpoint (see ``docs/changes.md``).
+
+        Reads ``GET /event/`` for opportunities (``created``, ``updated``, ``deleted``)
+        from the checkpoint minus five minutes, keeps each event's newest form, and takes each
+        opportunity's latest action: a delete is delivered as it is; an upsert fetches the
+        current record (events are consolidated, and ``data`` is hidden from non-admin keys
+        after an hour), and a record gone meanwhile is delivered as a delete. A first run, a
+        cursor older than the log keeps, or a key that cannot read the log: a full
+        reconciliation (``full_resync``).
+        """
+        now = run.now()
+        since = run.since
+        if since is None or run.resuming:
+            # Events from the first attempt's start on are read by the next run.
+            run.checkpoint = since.checkpoint if since is not None else now
+            async with aclosing(run.initial(self._created_from, fingerprints=False)) as first:
+                async for change in first:
+                    yield change
+            return
+        if since.checkpoint is None or now - since.checkpoint > EVENT_LOG_RETENTION - EVENT_RESCAN:
+            logger.warning(
+                "close: the change cursor is from %s, older than the event log keeps "
+                "(30 days): falling back to a full reconciliation",
+                since.checkpoint.isoformat() if since.checkpoint else "an unknown time",
+            )
+            async with aclosing(self._full_reconciliation(run, now)) as full:
+                async for change in full:
+                    yield change
+            return
+        try:
+            events = await self._read_events(since.checkpoint - EVENT_RESCAN)
+        except _NoEventLogError as exc:
+            logger.warning(
+                "close: this key cannot read the event log (HTTP %d): falling back to a full "
+                "reconciliation",
+                exc.status,
+            )
+            async with aclosing(self._full_reconciliation(run, now)) as full:
+                async for change in full:
+                    yield change
+            return
+        known = dict(since.known)
+        wanted: dict[str, datetime] = {}
+        for record_id, (kind, occurred_at) in latest_changes(events).items():
+            if kind is ChangeKind.DELETE:
+                known.pop(record_id, None)
+                yield Change.delete(PROVIDER, record_id, occurred_at=occurred_at)
+            else:
+                wanted[record_id] = occurred_at
+        async with aclosing(self._current(wanted)) as current:
+            async for change in current:
+                if change.kind is ChangeKind.DELETE:
+                    known.pop(change.id, None)
+                else:
+                    known[change.id] = None
+                yield change
+        run.known = known
+        run.checkpoint = now
+
+    async def _full_reconciliation(
+        self, run: FeedRun, now: datetime
+    ) -> AsyncGenerator[Change, None]:
+        run.full_resync = True
+        run.checkpoint = now
+        reconciliation = run.reconcile(
+            self.list(),
+            upsert_all=True,
+            fingerprints=False,
+            confirm=self._get_or_none,
+            concurrency=self.concurrency,
+        )
+        async with aclosing(reconciliation) as changes:
+            async for change in changes:
+                yield change
+
+    async def _read_events(self, date_from: datetime) -> list[CloseEvent]:
+        """Every opportunity event updated at or after ``date_from``, in three queries
+        (``object_type=opportunity`` with each action: the type alone is not an allowed
+        filter), each paged with ``cursor_next`` until it is null."""
+        events: list[CloseEvent] = []
+        bound = date_from.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+        for action in _EVENT_ACTIONS:
+            params: dict[str, Any] = {
+                "object_type": "opportunity",
+                "action": action,
+                "date_updated__gte": bound,
+                "_limit": EVENT_PAGE_SIZE,
+            }
+            cursor: str | None = None
+            cursors_seen: set[str] = set()
+            while True:
+                request = Request(
+                    path="/event/", params={**params, **({"_cursor": cursor} if cursor else {})}
+                )
+                try:
+                    response = await self._send(request)
+                except (PermissionDeniedError, InvalidRequestError) as exc:
+                    # The first request refused: the key cannot read the log (tap-closeio
+                    # reads a 400 on /event/ so). Refused later, it is a real error.
+                    if cursor is None and action == _EVENT_ACTIONS[0]:
+                        raise _NoEventLogError(exc.status) from exc
+                    raise
+                page = parse_event_page(response.data)
+                events.extend(page.events)
+                cursor = page.cursor_next
+                if cursor is None:
+                    break
+                if cursor in cursors_seen:
+                    raise PaginationError(
+                        "the event log sent a cursor it had already sent", provider=PROVIDER
+                    )
+                cursors_seen.add(cursor)
+        return events
+
+    async def _current(self, wanted: Mapping[str, datetime]) -> AsyncGenerator[Change, None]:
+        """The current record of each wanted id (an upsert), or a delete when it is gone.
+
+        ``k`` ids cost ``k`` gets, or one listing by ``date_updated__gte`` the oldest event
+        (``ceil(k / page_size)`` pages when only those records changed) plus a get for any
+        id it did not bring back: the listing is used when it costs fewer requests.
+        """
+        if not wanted:
+            return
+        remaining = dict(wanted)
+        page_size = self._page_size
+        if math.ceil(len(wanted) / page_size) < len(wanted):
+            oldest = min(wanted.values())
+            try:
+                bound = oldest - _LISTING_MARGIN
+            except OverflowError:  # an event dated at the very start of the calendar
+                bound = datetime.min.replace(tzinfo=UTC)
+            async with aclosing(self.list(updated_since=bound)) as listing:
+                async for listed in listing:
+                    remaining.pop(listed.id, None)
+                    yield Change.upsert(listed, occurred_at=listed.updated_at)
+        fetches = ((lambda i=i: self._fetch_current(i)) for i in sorted(remaining))
+        fetched = fetch_in_order(fetches, concurrency=self.concurrency)
+        async with aclosing(fetched) as results:
+            async for record_id, found in results:
+                if found is None:
+                    yield Change.delete(PROVIDER, record_id)
+                else:
+                    yield Change.upsert(found, occurred_at=found.updated_at)
+
+    async def _fetch_current(self, record_id: str) -> tuple[str, Opportunity | None]:
+        return record_id, await self._get_or_none(record_id)

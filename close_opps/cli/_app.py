@@ -464,12 +464,19 @@ def sync(
     timeout: Timeout = DEFAULT_TIMEOUT,
     retries: Retries = DEFAULT_MAX_RETRIES,
     proxy: ProxyUrl = None,
+    allow_mass_deletion: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mass-deletion",
+            help="Let a run delete more than half of a provider's stored records.",
+        ),
+    ] = False,
 ) -> None:
     """Bring a SQLite database up to date: only what changed since the last run.
 
-    Prints, per provider, the records inserted, updated and unchanged, and the watermark
-    (the newest updated_at stored). --api-key and --base-url apply to one provider; for
-    several, set <PROVIDER>_API_KEY and <PROVIDER>_BASE_URL.
+    Prints, per provider, the records inserted, updated, unchanged and deleted (kept as
+    tombstones), and the watermark (the newest updated_at stored). --api-key and --base-url
+    apply to one provider; for several, set <PROVIDER>_API_KEY and <PROVIDER>_BASE_URL.
     """
     names = provider_names or (list(SANDBOX_PROVIDERS) if sandbox else registered_providers())
     # Every provider by default: those with a key are synced, the others named and left out.
@@ -489,6 +496,7 @@ def sync(
             db,
             sandbox=SandboxSpec() if sandbox else None,
             connection=_connection(timeout=timeout, retries=retries, proxy=proxy, sandbox=sandbox),
+            allow_mass_deletion=allow_mass_deletion,
         )
     )
     _print_sync(reports, db, stored)
@@ -497,7 +505,7 @@ def sync(
 def _print_sync(reports: Sequence["SyncReport"], db: Path, stored: int | None) -> None:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("provider")
-    for name in ("inserted", "updated", "unchanged", "total"):
+    for name in ("inserted", "updated", "unchanged", "deleted", "total"):
         table.add_column(name, justify="right")
     table.add_column("watermark (newest updated_at)")
     for report in reports:
@@ -507,6 +515,7 @@ def _print_sync(reports: Sequence["SyncReport"], db: Path, stored: int | None) -
             str(report.inserted),
             str(report.updated),
             str(report.unchanged),
+            str(report.deleted),
             str(report.total),
             watermark,
         )
@@ -522,6 +531,7 @@ async def _sync(
     *,
     sandbox: SandboxSpec | None,
     connection: ConnectOptions,
+    allow_mass_deletion: bool = False,
 ) -> tuple[list["SyncReport"], int]:
     from close_opps import sync as syncing
 
@@ -539,7 +549,12 @@ async def _sync(
                     bar.update(tasks[name], completed=so_far)
 
                 try:
-                    reports = await syncing.sync(adapters, store, on_progress=on_progress)
+                    reports = await syncing.sync(
+                        adapters,
+                        store,
+                        on_progress=on_progress,
+                        allow_mass_deletion=allow_mass_deletion,
+                    )
                 except syncing.SyncError as exc:
                     bar.stop()
                     if exc.reports:
@@ -656,3 +671,7 @@ def _announce(sandbox: "Sandbox") -> None:
         ]
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
+
+
+# The ``changes`` command lives in its own module; importing it registers it on ``app``.
+from . import _changes  # noqa: E402, F401

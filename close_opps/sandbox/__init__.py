@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ._common import STATE, VendorState
 from ._data import Deal, generate_deals
+from ._events import ALLOWED_FILTERS, EventListener, EventLog, ManualClock
 from ._faults import FAULTS, Fault, FaultConfig, FaultInjector, Latency, RecordedRequest
 from ._options import CloseOptions, GetrazeOptions, RateLimitPolicy, ReevoOptions
 from ._server import HOST, VENDORS, Sandbox, VendorName, VendorServer, serve_forever
@@ -25,17 +26,21 @@ from .getraze import make_app as make_getraze_app
 from .reevo import make_app as make_reevo_app
 
 __all__ = [
+    "ALLOWED_FILTERS",
     "FAULTS",
     "HOST",
     "STATE",
     "VENDORS",
     "CloseOptions",
     "Deal",
+    "EventListener",
+    "EventLog",
     "Fault",
     "FaultConfig",
     "FaultInjector",
     "GetrazeOptions",
     "Latency",
+    "ManualClock",
     "RateLimitPolicy",
     "RecordedRequest",
     "ReevoOptions",

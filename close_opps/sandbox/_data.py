@@ -29,8 +29,10 @@ __all__ = [
     "Deal",
     "User",
     "close_timestamp",
+    "companies",
     "generate_deals",
     "getraze_timestamp",
+    "new_deal",
     "reevo_timestamp",
     "render_close",
     "render_getraze_detail",
@@ -357,6 +359,39 @@ def _amount(rng: random.Random, period: ValuePeriod) -> Decimal:
         major = max(50, major // 12 // 10 * 10)
     cents = rng.choice((0, 0, 0, 0, 0, 50, 99))
     return (Decimal(major) + Decimal(cents) / 100).quantize(Decimal("0.01"))
+
+
+def companies(seed: int) -> tuple[Company, ...]:
+    """The companies of ``seed``'s organisation (Close's leads, Reevo's accounts)."""
+    return _universe(seed)[1]
+
+
+def new_deal(seed: int, index: int, at: datetime) -> Deal:
+    """A deal created at ``at`` (aware), for a record added while the sandbox runs.
+
+    Deterministic for ``(seed, index)``; use an ``index`` no seeded deal has (the emulators
+    count on from the largest one).
+    """
+    if at.tzinfo is None:
+        raise ValueError("at must be timezone-aware")
+    at = at.astimezone(UTC)
+    users, all_companies = _universe(seed)
+    rng = _rng(seed, f"created:{index}")
+    deal = _deal(rng, index, -1, "single", at, users, all_companies)
+    return attrs.evolve(
+        deal,
+        created_at=at,
+        updated_at=at,
+        closed_at=at if deal.status != "open" else None,
+        expected_close=(at + timedelta(days=30)).date()
+        if deal.status == "open"
+        else at.date()
+        if deal.status == "won"
+        else None,
+        comments=tuple(
+            attrs.evolve(comment, created_at=at.replace(microsecond=0)) for comment in deal.comments
+        ),
+    )
 
 
 def generate_deals(seed: int, count: int, *, today: date | None = None) -> list[Deal]:

@@ -14,7 +14,7 @@ import asyncio
 import json
 import random
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Literal, Protocol
 from urllib.parse import parse_qsl
 
@@ -242,6 +242,9 @@ class FaultInjector:
         self.request_count = 0
         self.fault_count = 0
         self.requests: deque[RecordedRequest] = deque(maxlen=log_size)
+        #: Called with each request as it arrives (recorded, before it is answered): a
+        #: test changes the data here "while a listing runs", deterministically.
+        self.on_request: list[Callable[[RecordedRequest], None]] = []
         self._rng = random.Random(f"faults:{self.config.seed}")  # noqa: S311 - not crypto
         self._latency_rng = random.Random(f"latency:{self.config.seed}")  # noqa: S311
 
@@ -379,16 +382,17 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
     injector.request_count += 1
     body = await request.read() if request.can_read_body else b""
     fault = injector.next_fault() if request.method in _READS else None
-    injector.requests.append(
-        RecordedRequest(
-            method=request.method,
-            path=request.path,
-            query_string=request.query_string,
-            headers=CIMultiDictProxy(CIMultiDict(request.headers)),
-            body=body,
-            fault=fault.kind if fault else None,
-        )
+    recorded = RecordedRequest(
+        method=request.method,
+        path=request.path,
+        query_string=request.query_string,
+        headers=CIMultiDictProxy(CIMultiDict(request.headers)),
+        body=body,
+        fault=fault.kind if fault else None,
     )
+    injector.requests.append(recorded)
+    for hook in list(injector.on_request):
+        hook(recorded)
     latency = injector.next_latency() if request.method in _READS else 0.0
     if latency > 0:
         await asyncio.sleep(latency)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
 from typing import Literal
 
 import attrs
@@ -50,6 +51,20 @@ class CloseOptions:
     ``rate_limit_headers``: ``"ratelimit"`` (``RateLimit: limit=…, remaining=…, reset=…``),
     ``"legacy"`` (the older ``X-Rate-Limit-Limit/-Remaining/-Reset``) or ``"both"``.
     ``schema_extras`` adds the optional keys of the OpenAPI schema to each record.
+
+    The event log (``GET /event/``): events are kept ``event_retention`` (30 days), and an
+    ``updated`` change of an object within ``consolidation`` of its last ``updated``
+    event's creation merges into that event. ``deleted_data``: a delete's ``data`` is
+    ``null`` (the docs) or ``{}`` (``"empty"``, as RudderStack's 2024 fixture).
+    ``admin=False`` serves the log as to a non-admin key: ``data`` and ``previous_data``
+    (``non_admin_hidden``) are null on events older than ``non_admin_window`` (an hour).
+    ``merge_form``: how a lead merge shows a moved opportunity (undocumented):
+    ``"update"`` (``updated`` with ``lead_id`` changed) or ``"recreate"`` (``deleted``, then
+    ``created`` under a new id on the destination lead). A status change also logs a
+    status-change activity ``created`` event of object type ``status_change_type`` (the
+    docs name it ``status_change.opportunity`` and ``activity.opportunity_status_change``;
+    ``None``: no such event). ``clock`` (default: the wall
+    clock) dates edits and events; a :class:`~close_opps.sandbox.ManualClock` ages the log.
     """
 
     records: int | None = attrs.field(default=None, validator=_records)
@@ -59,9 +74,21 @@ class CloseOptions:
     rate_limit: RateLimitPolicy | None = RateLimitPolicy(limit=1000, window=1.0)
     rate_limit_headers: Literal["ratelimit", "legacy", "both"] = "ratelimit"
     schema_extras: bool = False
+    event_limit: int = attrs.field(default=50, validator=_positive)
+    event_retention: timedelta = timedelta(days=30)
+    consolidation: timedelta = timedelta(seconds=3)
+    deleted_data: Literal["null", "empty"] = "null"
+    admin: bool = True
+    non_admin_window: timedelta = timedelta(hours=1)
+    non_admin_hidden: tuple[str, ...] = ("data", "previous_data")
+    merge_form: Literal["update", "recreate"] = "update"
+    status_change_type: (
+        Literal["status_change.opportunity", "activity.opportunity_status_change"] | None
+    ) = "status_change.opportunity"
     latency: Latency | None = None
     faults: FaultConfig | None = None
     seed: int | None = None
+    clock: Callable[[], datetime] | None = None
     today: date | None = None
 
 
@@ -73,10 +100,17 @@ class GetrazeOptions:
     top-level ``pagination``) or ``"documented"`` (``data.opportunities`` and
     ``data.pagination``). ``record_form``: ``"live"`` (``title``/``value``/``owner_user_*``)
     or ``"documented"`` (``name``/``deal_value``/``responsible_user``). A ``limit`` over
-    ``max_limit`` is a 400 ``VALIDATION_ERROR`` (``over_max_limit="error"``) or is lowered
-    to it (``"clamp"``). ``rate_limit`` is per key, in windows aligned on the Unix clock
-    (3600 s: full hours, as the vendor); ``permissions`` without ``opportunities:read`` get
-    403 ``INSUFFICIENT_PERMISSIONS``.
+    ``max_limit`` is lowered to it silently, as the real server does
+    (``over_max_limit="clamp"``), or is a 400 ``VALIDATION_ERROR`` (``"error"``).
+    ``rate_limit`` is per key, in windows aligned on the Unix clock (3600 s: full hours, as
+    the vendor); ``permissions`` without ``opportunities:read`` get 403
+    ``INSUFFICIENT_PERMISSIONS``.
+
+    ``tie_order``: the real server sorts by the sort key alone and pages with
+    ``LIMIT``/``OFFSET``, so records sharing the sort key come back in a fresh order on
+    every request (``"shuffled"``, the default: offset pages overlap and miss records);
+    ``"stable"`` breaks ties by id instead. ``tie_seed`` seeds the shuffling (``None``: the
+    emulator's data seed), so a sequence of requests is reproducible.
     """
 
     records: int | None = attrs.field(default=None, validator=_records)
@@ -93,6 +127,8 @@ class GetrazeOptions:
     latency: Latency | None = None
     faults: FaultConfig | None = None
     seed: int | None = None
+    #: Dates edits made through the sandbox handle (default: the wall clock).
+    clock: Callable[[], datetime] | None = None
     today: date | None = None
 
 
@@ -113,4 +149,6 @@ class ReevoOptions:
     latency: Latency | None = None
     faults: FaultConfig | None = None
     seed: int | None = None
+    #: Dates edits made through the sandbox handle (default: the wall clock).
+    clock: Callable[[], datetime] | None = None
     today: date | None = None

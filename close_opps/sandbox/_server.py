@@ -15,8 +15,9 @@ from aiohttp import web
 from . import close as _close_app
 from . import getraze as _getraze_app
 from . import reevo as _reevo_app
-from ._common import JSON, STATE, VendorState
+from ._common import JSON, STATE, Clock, VendorState
 from ._data import Deal
+from ._events import EventLog
 from ._faults import FAULTS, Fault, FaultConfig, FaultInjector, Latency, RecordedRequest
 from ._options import DEFAULT_RECORDS, CloseOptions, GetrazeOptions, ReevoOptions
 
@@ -93,23 +94,83 @@ class VendorServer:
     @property
     def ids(self) -> list[str]:
         """The ids of :attr:`records`, in seed order."""
-        return [str(record["id"]) for record in self.state.records]
+        state = self.state
+        ids = state.cached("ids", lambda: [str(record["id"]) for record in state.records])
+        return list(ids)
 
     def record(self, record_id: str) -> JSON:
         """The record as ``get`` serves it (``KeyError`` if unknown)."""
         return self.state.details[record_id]
+
+    def deal(self, record_id: str) -> Deal:
+        """The vendor-neutral deal behind a record (``KeyError`` if unknown)."""
+        return self.state.deal(record_id)
+
+    def create(self, **fields: Any) -> JSON:
+        """Add a record now, as a user would in the CRM; ``fields`` override :class:`Deal`
+        fields of the generated deal (``company`` is Close's lead). Returns the record as
+        listed, under a new id. Close logs ``opportunity`` ``created``."""
+        return self.state.create(**fields)
+
+    def edit(self, record_id: str, **changes: Any) -> JSON:
+        """Change :class:`Deal` fields of a record now, as a user would in the CRM: its
+        update time becomes the clock's now (unless ``changes`` sets ``updated_at``). Close
+        logs ``opportunity`` ``updated`` (consolidated with a recent one of that record)."""
+        return self.state.edit(record_id, **changes)
 
     def touch(self, record_id: str, at: datetime) -> JSON:
         """Set a record's update time, as an edit in the CRM would; returns the new record."""
         return self.state.touch(record_id, at)
 
     def update(self, record_id: str, **changes: Any) -> JSON:
-        """Change fields of the deal behind a record (see :class:`Deal`) and re-render it."""
+        """Change fields of the deal behind a record (see :class:`Deal`) and re-render it
+        (the update time changes only if ``changes`` says so; :meth:`edit` dates it now)."""
         return self.state.update(record_id, **changes)
 
     def remove(self, record_id: str) -> None:
-        """Delete a record."""
+        """Delete a record (Close logs ``opportunity`` ``deleted``)."""
         self.state.remove(record_id)
+
+    def delete(self, record_id: str) -> None:
+        """Delete a record (the same as :meth:`remove`)."""
+        self.state.remove(record_id)
+
+    # -- Close leads and the event log
+
+    @property
+    def events(self) -> EventLog:
+        """Close's event log: ``events.events()`` (newest first), ``events.listeners`` (called
+        with each event as it is logged). ``LookupError`` for the other vendors."""
+        log = self.state.events
+        if log is None:
+            raise LookupError(f"the {self.name} emulator has no event log")
+        return log
+
+    def lead_ids(self) -> list[str]:
+        """Close: the ids of the leads that have opportunities, in first-seen order."""
+        self._close_only("lead_ids")
+        return list(dict.fromkeys(str(r["lead_id"]) for r in self.state.records))
+
+    def delete_lead(self, lead_id: str) -> list[str]:
+        """Close: delete a lead and all its opportunities, as ``DELETE /lead/{id}/`` would.
+
+        Logs an ``opportunity`` ``deleted`` event per opportunity (``lead_id`` set) and the
+        ``lead`` ``deleted`` event, sharing one ``request_id``. Returns the deleted
+        opportunity ids.
+        """
+        self._close_only("delete_lead")
+        return _close_app.delete_lead(self.state, lead_id)
+
+    def merge_leads(self, source_lead_id: str, destination_lead_id: str) -> list[str]:
+        """Close: merge a lead into another (``POST /lead/merge/``): its opportunities move
+        to the destination (``CloseOptions.merge_form`` says how the events show it), the
+        source is deleted. Returns the ids of the moved opportunities as they are now."""
+        self._close_only("merge_leads")
+        return _close_app.merge_leads(self.state, source_lead_id, destination_lead_id)
+
+    def _close_only(self, what: str) -> None:
+        if self.name != "close":
+            raise LookupError(f"{what} is a Close feature; this is the {self.name} emulator")
 
     def share_timestamp(
         self,
@@ -138,6 +199,13 @@ class VendorServer:
         self.faults.push(*faults)
 
     @property
+    def on_request(self) -> list[Callable[[RecordedRequest], None]]:
+        """Callables run with each request as it arrives, before it is answered (given the
+        :class:`RecordedRequest`): change the data there to edit while a sync runs, at a
+        chosen page, without timing games."""
+        return self.faults.on_request
+
+    @property
     def request_count(self) -> int:
         """Requests this vendor has received (faulted ones included)."""
         return self.faults.request_count
@@ -163,10 +231,12 @@ def _merge(
     records: int | None,
     latency: Latency | None,
     faults: FaultConfig | None,
+    clock: Clock | None = None,
     today: date | None = None,
 ) -> Any:
     return attrs.evolve(
         options,
+        clock=options.clock if options.clock is not None else clock,
         today=options.today if options.today is not None else today,
         seed=options.seed if options.seed is not None else seed,
         records=options.records
@@ -181,11 +251,12 @@ class Sandbox:
     """The three vendor emulators, each on its own free port of 127.0.0.1.
 
     ``async with Sandbox(seed=1) as sb:`` then ``sb.close.base_url`` /
-    ``sb.close.api_key`` (likewise ``sb.getraze``, ``sb.reevo``). ``records``, ``latency``
-    and ``faults`` apply to every vendor whose options leave them unset. ``vendors`` picks
-    which emulators start; ``ports`` pins ports (0 or absent: a free one). The data is
-    dated relative to ``today`` (default: the current UTC date): the same ``seed`` and
-    ``today`` give the same data.
+    ``sb.close.api_key`` (likewise ``sb.getraze``, ``sb.reevo``). ``records``, ``latency``,
+    ``faults`` and ``clock`` (what dates edits and Close's events; default the wall clock)
+    apply to every vendor whose options leave them unset. ``vendors`` picks which
+    emulators start; ``ports`` pins ports (0 or absent: a free one). The data is dated
+    relative to ``today`` (default: the current UTC date): the same ``seed`` and ``today``
+    give the same data.
     """
 
     def __init__(
@@ -195,6 +266,7 @@ class Sandbox:
         records: int | None = None,
         latency: Latency | None = None,
         faults: FaultConfig | None = None,
+        clock: Clock | None = None,
         close: CloseOptions | None = None,
         getraze: GetrazeOptions | None = None,
         reevo: ReevoOptions | None = None,
@@ -219,7 +291,13 @@ class Sandbox:
         #: The options each vendor runs with, after applying the Sandbox-wide values.
         self.options: dict[VendorName, Any] = {
             name: _merge(
-                opts, seed=seed, records=records, latency=latency, faults=faults, today=today
+                opts,
+                seed=seed,
+                records=records,
+                latency=latency,
+                faults=faults,
+                clock=clock,
+                today=today,
             )
             for name, opts in given.items()
         }

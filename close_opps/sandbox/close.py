@@ -2,7 +2,8 @@
 
 Serves ``GET /api/v1/opportunity/`` (filters, ``_order_by``, ``_skip``/``_limit`` with the
 vendor's maxima and 400 texts, ``_fields``, the value aggregates) and
-``GET /api/v1/opportunity/{id}/`` (with or without the trailing slash). Auth is HTTP Basic
+``GET /api/v1/opportunity/{id}/`` (with or without the trailing slash), and the event log
+``GET /api/v1/event/`` and ``GET /api/v1/event/{id}/`` (see :mod:`._events`). Auth is HTTP Basic
 with the API key as user name (or ``Authorization: Bearer <key>``). Every response carries
 ``RateLimit: limit=<n>, remaining=<m>, reset=<seconds>``.
 """
@@ -13,7 +14,7 @@ import base64
 import binascii
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import attrs
 from aiohttp import web
@@ -23,18 +24,22 @@ from ._common import (
     JSON,
     RECORDS,
     STATE,
+    Desc,
+    Entry,
+    SortedView,
     VendorState,
     WindowLimiter,
     monotonic_clock,
     parse_datetime,
     vendor_app,
 )
-from ._data import Deal, format_close_money, render_close
+from ._data import Company, Deal, close_id, companies, format_close_money, render_close
+from ._events import EventLog, EventQuery, InvalidEventQuery
 from ._faults import Fault, format_seconds, gateway_page
 from ._options import CloseOptions
 from .close_webhooks import install_webhooks
 
-__all__ = ["BASE_PATH", "make_app"]
+__all__ = ["BASE_PATH", "delete_lead", "lead_record", "make_app", "merge_leads"]
 
 #: Where the API lives on the emulator's host: the base URL an adapter takes ends with it.
 BASE_PATH: Final = "/api/v1"
@@ -73,6 +78,7 @@ _OPS: Final[dict[str, Callable[[datetime, datetime], bool]]] = {
 _UNSUPPORTED: Final = ("_group_by", "lead_query", "lead_saved_search_id")
 _PERIODS: Final = ("one_time", "monthly", "annual")
 _NOT_FOUND: Final = "Empty query: Opportunity matching query does not exist."
+_EVENT_NOT_FOUND: Final = "Empty query: Event matching query does not exist."
 
 
 class _BadRequest(Exception):
@@ -93,31 +99,23 @@ class _Row:
     money: tuple[str, int, int, int, int]
 
 
-def _rows(state: VendorState) -> list[_Row]:
-    def compute() -> list[_Row]:
-        rows = []
-        for record in state.records:
-            won = record["date_won"]
-            rows.append(
-                _Row(
-                    record,
-                    {
-                        "date_created": parse_datetime(record["date_created"]),
-                        "date_updated": parse_datetime(record["date_updated"]),
-                        "date_won": parse_datetime(won) if won else None,
-                    },
-                    (
-                        record["value_period"],
-                        record["value"] or 0,
-                        record["expected_value"] or 0,
-                        record["annualized_value"] or 0,
-                        record["annualized_expected_value"] or 0,
-                    ),
-                )
-            )
-        return rows
-
-    return state.cached("rows", compute)
+def _row(record: JSON) -> _Row:
+    won = record["date_won"]
+    return _Row(
+        record,
+        {
+            "date_created": parse_datetime(record["date_created"]),
+            "date_updated": parse_datetime(record["date_updated"]),
+            "date_won": parse_datetime(won) if won else None,
+        },
+        (
+            record["value_period"],
+            record["value"] or 0,
+            record["expected_value"] or 0,
+            record["annualized_value"] or 0,
+            record["annualized_expected_value"] or 0,
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -298,53 +296,78 @@ def _sort_value(row: _Row, name: str) -> Any:
     return row.record[name]
 
 
-def _sorted(rows: list[_Row], order: Sequence[tuple[str, bool]]) -> list[_Row]:
-    result = sorted(rows, key=lambda row: str(row.record["id"]))
-    for name, descending in reversed(order):
+def _order_key(
+    state: VendorState, order: Sequence[tuple[str, bool]]
+) -> Callable[[Entry], tuple[Any, ...]]:
+    """The ``_order_by`` terms as one ascending key (nulls last ascending, first
+    descending); the view breaks ties by id ascending."""
 
-        def key(row: _Row, n: str = name) -> tuple[int, Any]:
-            value = _sort_value(row, n)
-            return (1, 0) if value is None else (0, value)
+    def key(entry: Entry) -> tuple[Any, ...]:
+        row = state.derived("row", entry[1], _row)
+        parts: list[Any] = []
+        for name, descending in order:
+            value = _sort_value(row, name)
+            part = (1, 0) if value is None else (0, value)
+            parts.append(Desc(part) if descending else part)
+        return tuple(parts)
 
-        result.sort(key=key, reverse=descending)
-    return result
+    return key
 
 
-def _aggregates(rows: list[_Row]) -> JSON:
-    counts = dict.fromkeys(_PERIODS, 0)
-    totals = dict.fromkeys(_PERIODS, 0)
-    expected = dict.fromkeys(_PERIODS, 0)
-    total_annualized = expected_annualized = 0
-    for period, value, expected_value, annualized, annualized_expected in (r.money for r in rows):
-        counts[period] = counts.get(period, 0) + 1
-        totals[period] = totals.get(period, 0) + value
-        expected[period] = expected.get(period, 0) + expected_value
-        total_annualized += annualized
-        expected_annualized += annualized_expected
+class _Totals:
+    """The value aggregates of a listing, kept up to date as records come and go."""
 
-    def money(cents: int) -> str:
-        return format_close_money(cents, "USD")
+    def __init__(self, state: VendorState) -> None:
+        self.state = state
+        self.counts = dict.fromkeys(_PERIODS, 0)
+        self.totals = dict.fromkeys(_PERIODS, 0)
+        self.expected = dict.fromkeys(_PERIODS, 0)
+        self.total_annualized = 0
+        self.expected_annualized = 0
 
-    return {
-        "count_by_value_period": counts,
-        "expected_value_annual": expected["annual"],
-        "expected_value_annual_formatted": money(expected["annual"]),
-        "expected_value_annualized": expected_annualized,
-        "expected_value_annualized_formatted": money(expected_annualized),
-        "expected_value_monthly": expected["monthly"],
-        "expected_value_monthly_formatted": money(expected["monthly"]),
-        "expected_value_one_time": expected["one_time"],
-        "expected_value_one_time_formatted": money(expected["one_time"]),
-        "total_results": len(rows),
-        "total_value_annual": totals["annual"],
-        "total_value_annual_formatted": money(totals["annual"]),
-        "total_value_annualized": total_annualized,
-        "total_value_annualized_formatted": money(total_annualized),
-        "total_value_monthly": totals["monthly"],
-        "total_value_monthly_formatted": money(totals["monthly"]),
-        "total_value_one_time": totals["one_time"],
-        "total_value_one_time_formatted": money(totals["one_time"]),
-    }
+    def _apply(self, entry: Entry, sign: int) -> None:
+        period, value, expected_value, annualized, annualized_expected = self.state.derived(
+            "row", entry[1], _row
+        ).money
+        self.counts[period] = self.counts.get(period, 0) + sign
+        self.totals[period] = self.totals.get(period, 0) + sign * value
+        self.expected[period] = self.expected.get(period, 0) + sign * expected_value
+        self.total_annualized += sign * annualized
+        self.expected_annualized += sign * annualized_expected
+
+    def add(self, entry: Entry) -> None:
+        self._apply(entry, 1)
+
+    def remove(self, entry: Entry) -> None:
+        self._apply(entry, -1)
+
+    def as_json(self, total: int) -> JSON:
+        """Close's aggregate keys, formatted in USD."""
+        expected, totals = self.expected, self.totals
+
+        def money(cents: int) -> str:
+            return format_close_money(cents, "USD")
+
+        return {
+            "count_by_value_period": dict(self.counts),
+            "expected_value_annual": expected["annual"],
+            "expected_value_annual_formatted": money(expected["annual"]),
+            "expected_value_annualized": self.expected_annualized,
+            "expected_value_annualized_formatted": money(self.expected_annualized),
+            "expected_value_monthly": expected["monthly"],
+            "expected_value_monthly_formatted": money(expected["monthly"]),
+            "expected_value_one_time": expected["one_time"],
+            "expected_value_one_time_formatted": money(expected["one_time"]),
+            "total_results": total,
+            "total_value_annual": totals["annual"],
+            "total_value_annual_formatted": money(totals["annual"]),
+            "total_value_annualized": self.total_annualized,
+            "total_value_annualized_formatted": money(self.total_annualized),
+            "total_value_monthly": totals["monthly"],
+            "total_value_monthly_formatted": money(totals["monthly"]),
+            "total_value_one_time": totals["one_time"],
+            "total_value_one_time_formatted": money(totals["one_time"]),
+        }
 
 
 def _project(record: JSON, fields: frozenset[str] | None) -> JSON:
@@ -392,12 +415,21 @@ async def _list(request: web.Request) -> web.StreamResponse:
         ),
     )
 
-    def compute() -> tuple[list[JSON], JSON]:
-        ordered = state.cached(("sorted", order), lambda: _sorted(_rows(state), order))
-        matched = [row for row in ordered if all(p(row) for p in predicates)]
-        return [row.record for row in matched], _aggregates(matched)
+    def build() -> SortedView:
+        def match(entry: Entry) -> bool:
+            row = state.derived("row", entry[1], _row)
+            return all(p(row) for p in predicates)
 
-    records, aggregates = state.cached(cache_key, compute)
+        return SortedView(
+            state.entries(),
+            key=_order_key(state, order),
+            match=match if predicates else None,
+            tally=_Totals(state),
+        )
+
+    view = state.view(cache_key, build)
+    records = view.records
+    aggregates = cast("_Totals", view.tally).as_json(len(records))
     fields = _fields(request)
     page = records[skip : skip + limit]
     body: JSON = {"data": RECORDS, "has_more": skip + len(page) < len(records)}
@@ -414,6 +446,128 @@ async def _get(request: web.Request) -> web.StreamResponse:
     if record is None:
         return web.json_response({"error": _NOT_FOUND}, status=404)
     return web.json_response(_project(record, _fields(request)))
+
+
+# ----------------------------------------------------------------------------- events
+
+
+def _event_log(state: VendorState) -> EventLog:
+    log = state.events
+    if log is None:  # pragma: no cover - every Close app has one
+        raise web.HTTPNotFound()
+    return log
+
+
+def _visible(log: EventLog, options: CloseOptions, event: JSON) -> JSON:
+    """The event as the key sees it: a non-admin key loses ``data`` after an hour."""
+    if options.admin or log.age(event) <= options.non_admin_window:
+        return event
+    return {k: (None if k in options.non_admin_hidden else v) for k, v in event.items()}
+
+
+async def _list_events(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    options: CloseOptions = state.options
+    log = _event_log(state)
+    try:
+        query = EventQuery.parse(request.query, max_limit=options.event_limit)
+        events, cursor_next, cursor_previous = log.page(query)
+    except InvalidEventQuery as exc:
+        raise _BadRequest({"error": exc.message}) from None
+    body = {
+        "data": [_visible(log, options, event) for event in events],
+        "cursor_next": cursor_next,
+        "cursor_previous": cursor_previous,
+    }
+    return web.json_response(body)
+
+
+async def _get_event(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    log = _event_log(state)
+    event = log.get(request.match_info["id"])
+    if event is None:
+        return web.json_response({"error": _EVENT_NOT_FOUND}, status=404)
+    return web.json_response(_visible(log, state.options, event))
+
+
+# ----------------------------------------------------------------------------- leads
+
+
+def _leads(state: VendorState) -> dict[str, Company]:
+    return {close_id(state.seed, "lead", c.index): c for c in companies(state.seed)}
+
+
+def lead_record(state: VendorState, lead_id: str) -> JSON:
+    """A (minimal) Close lead object, as lead events carry it."""
+    company = _leads(state)[lead_id]
+    return {
+        "id": lead_id,
+        "name": company.name,
+        "display_name": company.name,
+        "organization_id": close_id(state.seed, "orga", 0),
+    }
+
+
+def _live_lead(state: VendorState, lead_id: str) -> Company:
+    company = _leads(state).get(lead_id)
+    if company is None or lead_id in state.deleted_leads:
+        raise KeyError(f"no lead {lead_id}")
+    return company
+
+
+def delete_lead(state: VendorState, lead_id: str) -> list[str]:
+    """Delete a lead and its opportunities (``DELETE /lead/{id}/``), logging an
+    ``opportunity`` ``deleted`` event per opportunity, then the ``lead`` ``deleted`` one."""
+    _live_lead(state, lead_id)
+    log = _event_log(state)
+    request = log.request("DELETE", f"{BASE_PATH}/lead/{lead_id}/")
+    doomed = [str(r["id"]) for r in state.records if r["lead_id"] == lead_id]
+    for record_id in doomed:
+        log.opportunity_deleted(state.drop(record_id), request)
+    state.deleted_leads.add(lead_id)
+    lead = lead_record(state, lead_id)
+    log.lead_event("deleted", lead, request, previous=lead)
+    return doomed
+
+
+def merge_leads(state: VendorState, source_lead_id: str, destination_lead_id: str) -> list[str]:
+    """Merge a lead into another (``POST /lead/merge/``): its opportunities move to the
+    destination, the source is deleted. Every event carries ``meta.merge_source_lead_id``
+    and ``meta.merge_destination_lead_id``. Returns the moved opportunities' ids now."""
+    if source_lead_id == destination_lead_id:
+        raise ValueError("a lead cannot be merged into itself")
+    _live_lead(state, source_lead_id)
+    destination = _live_lead(state, destination_lead_id)
+    log = _event_log(state)
+    options: CloseOptions = state.options
+    request = log.request(
+        "POST",
+        f"{BASE_PATH}/lead/merge/",
+        merge_source_lead_id=source_lead_id,
+        merge_destination_lead_id=destination_lead_id,
+    )
+    now = state.now()
+    moved: list[str] = []
+    for record_id in [str(r["id"]) for r in state.records if r["lead_id"] == source_lead_id]:
+        if options.merge_form == "update":
+            before, after = state.replace_deal(record_id, company=destination, updated_at=now)
+            log.opportunity_updated(before, after, request)
+            moved.append(record_id)
+        else:
+            deal = state.deal(record_id)
+            log.opportunity_deleted(state.drop(record_id), request)
+            copy = attrs.evolve(deal, index=state.take_index(), company=destination, updated_at=now)
+            listed, detail = state.add(copy)
+            log.opportunity_created(detail, request)
+            moved.append(str(listed["id"]))
+    target = lead_record(state, destination_lead_id)
+    log.lead_event("merged", target, request, data=target)
+    log.lead_event("updated", target, request, data=target, changed=["date_updated"])
+    state.deleted_leads.add(source_lead_id)
+    source = lead_record(state, source_lead_id)
+    log.lead_event("deleted", source, request, previous=source)
+    return moved
 
 
 # ----------------------------------------------------------------------------- app
@@ -441,10 +595,25 @@ def make_app(options: CloseOptions | None = None, *, seed: int = 0) -> web.Appli
         limiter=limiter,
         fault_renderer=_Renderer(limiter, options.rate_limit_headers),
         middleware=_close_middleware,
+        events=lambda seed, clock: EventLog(
+            seed=seed,
+            clock=clock,
+            retention=options.event_retention,
+            consolidation=options.consolidation,
+            deleted_data=options.deleted_data,
+            status_change_type=options.status_change_type,
+        ),
+        base_path=BASE_PATH,
     )
+    for path in (f"{BASE_PATH}/event/", f"{BASE_PATH}/event"):
+        app.router.add_get(path, _list_events)
+    for path in (f"{BASE_PATH}/event/{{id}}/", f"{BASE_PATH}/event/{{id}}"):
+        app.router.add_get(path, _get_event)
     for path in (f"{BASE_PATH}/opportunity/", f"{BASE_PATH}/opportunity"):
         app.router.add_get(path, _list)
     for path in (f"{BASE_PATH}/opportunity/{{id}}/", f"{BASE_PATH}/opportunity/{{id}}"):
         app.router.add_get(path, _get)
-    install_webhooks(app, BASE_PATH, seed=app[STATE].seed)
+    hooks = install_webhooks(app, BASE_PATH, seed=app[STATE].seed)
+    # every event logged (and each consolidation of one) goes to the subscriptions
+    _event_log(app[STATE]).listeners.append(hooks.publish)
     return app

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 import random
+import re
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final
 
-import attrs
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -27,7 +28,10 @@ from ._common import (
     JSON,
     RECORDS,
     STATE,
+    Desc,
+    Entry,
     LimitStatus,
+    SortedView,
     VendorState,
     WindowLimiter,
     vendor_app,
@@ -54,6 +58,24 @@ _UUID_FILTERS: Final = ("stage_id", "pipeline_id", "campaign_id", "owner_user_id
 #: Every query parameter the list reads as a filter; the server ignores all others.
 _FILTERS: Final = frozenset({*_UUID_FILTERS, "search", "company"})
 _LIST_FAILED: Final = "An error occurred while fetching opportunities"
+_BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+#: The rest of the recorded stack of a path that does not decode.
+_STACK: Final = "\n".join(
+    f"    at {frame}"
+    for frame in (
+        "decodeURIComponent (<anonymous>)",
+        "decode_param (<server-root>/backend/node_modules/express/lib/router/layer.js:172:12)",
+        "Layer.match (<server-root>/backend/node_modules/express/lib/router/layer.js:148:15)",
+        "matchLayer (<server-root>/backend/node_modules/express/lib/router/index.js:585:18)",
+        "next (<server-root>/backend/node_modules/express/lib/router/index.js:226:15)",
+        "Function.handle (<server-root>/backend/node_modules/express/lib/router/index.js:175:3)",
+        "router (<server-root>/backend/node_modules/express/lib/router/index.js:47:12)",
+        "Layer.handle [as handle_request] "
+        "(<server-root>/backend/node_modules/express/lib/router/layer.js:95:5)",
+        "trim_prefix (<server-root>/backend/node_modules/express/lib/router/index.js:328:13)",
+        "<server-root>/backend/node_modules/express/lib/router/index.js:286:9",
+    )
+)
 #: The random source that orders ties afresh on every request (``GetrazeOptions.tie_order``).
 _TIES: Final = web.AppKey("close_opps_sandbox_getraze_ties", random.Random)
 _MISSING_KEY: Final = (
@@ -175,7 +197,8 @@ async def _getraze_middleware(request: web.Request, handler: Handler) -> web.Str
             "RATE_LIMIT_EXCEEDED",
             f"Rate limit of {limit.limit} requests {_per(window)} exceeded. Try again later.",
             headers=headers,
-            retry_after=max(1, math.ceil(limit.reset_at - now)),
+            # seconds to the window's end, rounded down: 0 in its last second (recorded)
+            retry_after=max(0, math.floor(limit.reset_at - now)),
         )
     if _PERMISSION not in options.permissions:
         return _error(
@@ -214,19 +237,15 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
         raise _ServerFailure(_LIST_FAILED) from None
 
 
-def _rows(state: VendorState) -> list[tuple[JSON, JSON]]:
-    """``(record in the live list form, record as served)`` in seed order."""
-
-    def compute() -> list[tuple[JSON, JSON]]:
-        options: GetrazeOptions = state.options
-        if options.record_form == "live":
-            return [(served, served) for served in state.records]
-        return [
-            (render_getraze_list(state.seed, deal), served)
-            for deal, served in zip(state.deals, state.records, strict=True)
-        ]
-
-    return state.cached("rows", compute)
+def _live_form(state: VendorState) -> Callable[[Entry], JSON]:
+    """An entry's record in the live list form (what the filters and the sort read)."""
+    options: GetrazeOptions = state.options
+    if options.record_form == "live":
+        return lambda entry: entry[1]
+    seed = state.seed
+    return lambda entry: state.derived(
+        "live", entry[1], lambda _served: render_getraze_list(seed, entry[0])
+    )
 
 
 def _predicates(request: web.Request) -> list[Callable[[JSON], bool]]:
@@ -258,51 +277,38 @@ def _equals(field: str, wanted: str) -> Callable[[JSON], bool]:
     return lambda record: bool(record[field] == wanted)
 
 
-def _sort_key(field: str) -> Callable[[tuple[JSON, JSON]], Any]:
+def _sort_key(
+    field: str, descending: bool, live: Callable[[Entry], JSON]
+) -> Callable[[Entry], Any]:
+    """The sort key alone: the real server has no tie-breaker (the view adds the id only to
+    keep its own order stable; ``tie_order="shuffled"`` draws each run afresh)."""
     if field == "value":
-        return lambda row: Decimal(row[0]["value"] or 0)
-    return lambda row: row[0][field] or ""
+
+        def value(entry: Entry) -> Any:
+            return Decimal(live(entry)["value"] or 0)
+
+        plain = value
+    else:
+
+        def plain(entry: Entry) -> Any:
+            return live(entry)[field] or ""
+
+    if descending:
+        return lambda entry: Desc(plain(entry))
+    return plain
 
 
-@attrs.frozen
-class _Ordered:
-    """The matched records in sort order, and the runs of records sharing the sort key."""
-
-    records: list[JSON]
-    #: ``(start, end)`` of each run of equal sort keys, in order; covers every position.
-    runs: list[tuple[int, int]]
-    #: The index in :attr:`runs` of the run holding each position.
-    run_of: list[int]
-
-
-def _order(rows: list[tuple[JSON, JSON]], sort_by: str, descending: bool) -> _Ordered:
-    key = _sort_key(sort_by)
-    ordered = sorted(rows, key=lambda row: str(row[0]["id"]))
-    ordered.sort(key=key, reverse=descending)
-    runs: list[tuple[int, int]] = []
-    run_of: list[int] = []
-    start = 0
-    keys = [key(row) for row in ordered]
-    for position in range(1, len(ordered) + 1):
-        if position == len(ordered) or keys[position] != keys[start]:
-            runs.append((start, position))
-            run_of.extend([len(runs) - 1] * (position - start))
-            start = position
-    return _Ordered([served for _live, served in ordered], runs, run_of)
-
-
-def _window(ordered: _Ordered, start: int, stop: int, rng: random.Random | None) -> list[JSON]:
+def _window(view: SortedView, start: int, stop: int, rng: random.Random | None) -> list[JSON]:
     """``records[start:stop]`` as one ``LIMIT``/``OFFSET`` query sees it: with ``rng``, the
     records of each run of ties crossing the window in a fresh random order (a uniform
     draw of the run's records for those positions), as a sort without a tie-breaker."""
-    records = ordered.records
+    records = view.records
     stop = min(stop, len(records))
     if rng is None or start >= stop:
         return records[start:stop]
     page: list[JSON] = []
-    run = ordered.run_of[start]
     while start < stop:
-        run_start, run_end = ordered.runs[run]
+        run_start, run_end = view.run(start)
         end = min(stop, run_end)
         if run_end - run_start == 1:
             page.append(records[run_start])
@@ -311,7 +317,6 @@ def _window(ordered: _Ordered, start: int, stop: int, rng: random.Random | None)
             # of a uniformly shuffled run hold exactly such a draw
             page.extend(records[i] for i in rng.sample(range(run_start, run_end), end - start))
         start = end
-        run += 1
     return page
 
 
@@ -338,17 +343,24 @@ async def _list(request: web.Request) -> web.StreamResponse:
         tuple(sorted((k, v) for k, v in request.query.items() if k in _FILTERS)),
     )
 
-    def compute() -> _Ordered:
-        rows = _rows(state)
-        if predicates:
-            rows = [row for row in rows if all(p(row[0]) for p in predicates)]
-        return _order(rows, sort_by, descending)
+    live = _live_form(state)
 
-    ordered = state.cached(cache_key, compute)
-    total = len(ordered.records)
+    def build() -> SortedView:
+        def match(entry: Entry) -> bool:
+            record = live(entry)
+            return all(p(record) for p in predicates)
+
+        return SortedView(
+            state.entries(),
+            key=_sort_key(sort_by, descending, live),
+            match=match if predicates else None,
+        )
+
+    view = state.view(cache_key, build)
+    total = len(view)
     total_pages = math.ceil(total / limit) if limit else None
     shuffle = request.app[_TIES] if options.tie_order == "shuffled" else None
-    data = _window(ordered, (page - 1) * limit, page * limit, shuffle)
+    data = _window(view, (page - 1) * limit, page * limit, shuffle)
     if options.list_form == "documented":
         pagination: JSON = {
             "page": page,
@@ -369,8 +381,32 @@ async def _list(request: web.Request) -> web.StreamResponse:
     return state.list_response({"success": True, "data": RECORDS, "pagination": pagination}, data)
 
 
+def _undecodable(segment: str) -> bool:
+    """Whether JavaScript's ``decodeURIComponent`` throws on ``segment`` (a ``%`` without two
+    hex digits, or escapes that are not UTF-8)."""
+    if _BAD_ESCAPE.search(segment):
+        return True
+    try:
+        urllib.parse.unquote_to_bytes(segment).decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _decode_failure(segment: str) -> web.Response:
+    # Express fails before any route runs: its error handler sends message and stack
+    message = f"Failed to decode param '{segment}'"
+    return web.json_response(
+        {"success": False, "message": message, "stack": f"URIError: {message}\n{_STACK}"},
+        status=400,
+    )
+
+
 async def _get(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
+    segment = request.raw_path.partition("?")[0].rstrip("/").rpartition("/")[2]
+    if _undecodable(segment):
+        return _decode_failure(segment)
     raw = request.match_info["id"]
     try:
         record_id = str(uuid.UUID(raw))

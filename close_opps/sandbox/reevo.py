@@ -25,6 +25,9 @@ from ._common import (
     JSON,
     RECORDS,
     STATE,
+    Desc,
+    Entry,
+    SortedView,
     WindowLimiter,
     monotonic_clock,
     parse_datetime,
@@ -304,16 +307,19 @@ def _sort_terms(sort: Any) -> list[tuple[str, bool]]:
     return terms or [("created_at", False)]
 
 
-def _sorted(records: list[JSON], terms: Sequence[tuple[str, bool]]) -> list[JSON]:
-    result = sorted(records, key=lambda r: str(r["id"]))
-    for field, descending in reversed(terms):
+def _sort_key(terms: Sequence[tuple[str, bool]]) -> Callable[[Entry], tuple[Any, ...]]:
+    """The sort terms as one ascending key (a record without a value sorts last
+    ascending, first descending); the view breaks ties by id ascending."""
 
-        def key(record: JSON, f: str = field) -> tuple[int, Any]:
-            values = _values(record, f)
-            return (1, 0) if not values else (0, values[0])
+    def key(entry: Entry) -> tuple[Any, ...]:
+        parts: list[Any] = []
+        for field, descending in terms:
+            values = _values(entry[1], field)
+            part = (1, 0) if not values else (0, values[0])
+            parts.append(Desc(part) if descending else part)
+        return tuple(parts)
 
-        result.sort(key=key, reverse=descending)
-    return result
+    return key
 
 
 # ----------------------------------------------------------------------------- cursor
@@ -397,11 +403,15 @@ async def _query(request: web.Request) -> web.StreamResponse:
     digest = _digest(filters, sort)
     offset = decode_cursor(cursor, digest) if cursor else 0
 
-    def compute() -> list[JSON]:
-        ordered = state.cached(("sorted", tuple(terms)), lambda: _sorted(state.records, terms))
-        return [r for r in ordered if all(p(r) for p in predicates)]
+    def build() -> SortedView:
+        def match(entry: Entry) -> bool:
+            return all(p(entry[1]) for p in predicates)
 
-    records = state.cached(("query", digest), compute)
+        return SortedView(
+            state.entries(), key=_sort_key(terms), match=match if predicates else None
+        )
+
+    records = state.view(("query", digest), build).records
     page = records[offset : offset + limit]
     following = offset + len(page)
     next_cursor = encode_cursor(following, digest) if following < len(records) else None

@@ -145,7 +145,12 @@ def test_fixtures_are_verbatim_copies_of_the_vendor_docs() -> None:
     docs = Path(__file__).resolve().parents[3] / "shared" / "vendor-docs"
     if not docs.is_dir():
         pytest.skip("shared/vendor-docs is not beside the repository")
-    for name in ("getraze-live-responses.json", "getraze-live-responses-2.json"):
+    verbatim = (
+        "getraze-live-responses.json",
+        "getraze-live-responses-2.json",
+        "close-events-examples.json",
+    )
+    for name in verbatim:
         assert (FIXTURES / name).read_bytes() == (docs / name).read_bytes(), name
     close_page = (docs / "close-list-opportunities-page.txt").read_text(encoding="utf-8")
     for record in load_fixture("close-list-example.json")["data"]:

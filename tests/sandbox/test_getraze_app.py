@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
+import yarl
 
 from close_opps.sandbox import GetrazeOptions, RateLimitPolicy, Sandbox
 
@@ -180,7 +181,7 @@ async def test_hourly_limit_is_the_recorded_429(http: aiohttp.ClientSession) -> 
     assert body["error"]["code"] == "RATE_LIMIT_EXCEEDED"
     assert body["error"]["message"] == case["body"]["error"]["message"]
     assert isinstance(body["error"]["retry_after"], int)
-    assert 1 <= body["error"]["retry_after"] <= 3600
+    assert 0 <= body["error"]["retry_after"] <= 3600
     _rate_headers_like_recorded(replies[2])
     assert replies[2].headers["X-RateLimit-Limit"] == "2"
 
@@ -419,3 +420,33 @@ async def test_distinct_timestamps_are_never_shuffled(http: aiohttp.ClientSessio
             sb.getraze.touch(record_id, start + timedelta(minutes=offset))
         ids, _ = await _read_every_page_once(sb, http, 7, sort_by="updated_at")
     assert len(ids) == len(set(ids)) == 80
+
+
+async def test_a_path_that_does_not_decode_is_expresss_400(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    case = live2("get, malformed percent-encoding")
+    url = yarl.URL(f"{sandbox.getraze.base_url}/opportunities/%E0%A4%A", encoded=True)
+    async with http.get(url, headers=sandbox.getraze.auth_headers) as response:
+        body = await response.json()
+        assert response.status == 400
+        assert "X-RateLimit-Limit" in response.headers
+    assert body == case["body"]
+    slash = yarl.URL(f"{sandbox.getraze.base_url}/opportunities/a%2Fb", encoded=True)
+    async with http.get(slash, headers=sandbox.getraze.auth_headers) as response:
+        assert response.status == 500  # decodes, but is no UUID (recorded)
+        assert await response.json() == live2("get, id with an encoded slash")["body"]
+
+
+async def test_retry_after_is_rounded_down_to_0_in_the_hours_last_second(
+    http: aiohttp.ClientSession,
+) -> None:
+    options = GetrazeOptions(rate_limit=RateLimitPolicy(limit=1, window=3600))
+    async with Sandbox(vendors=["getraze"], getraze=options) as sb:
+        sb.getraze.state.limiter.clock = lambda: 1795834800 - 0.4  # 0.4 s before the hour
+        replies = [await _get(sb, http, "/opportunities", limit=1) for _ in range(2)]
+        sb.getraze.state.limiter.clock = lambda: 1795834800 - 35.5
+        late = await _get(sb, http, "/opportunities", limit=1)
+    assert [r.status for r in replies] == [200, 429]
+    assert replies[1].json()["error"]["retry_after"] == 0
+    assert late.json()["error"]["retry_after"] == 35
