@@ -571,3 +571,15 @@ async def test_leaving_async_with_while_pages_are_in_flight(
     assert server.requests == before
     assert adapter._transport._session is None
     assert "never retrieved" not in caplog.text
+
+
+async def test_close_change_feed_with_an_event_at_the_start_of_the_calendar(
+    server: HostileServer,
+) -> None:
+    records = [close_record(id="oppo_1"), close_record(id="oppo_2")]
+    server.answer = json_answer(list_body("close", records))
+    start = datetime.min.replace(tzinfo=UTC)
+    async with server.adapter("close") as adapter:
+        current = adapter._current({"oppo_1": start, "oppo_2": start})  # type: ignore[attr-defined]
+        changes = [change async for change in current]
+    assert len(changes) == 2
