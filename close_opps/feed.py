@@ -176,6 +176,8 @@ def decode_cursor(cursor: str, *, provider: str) -> FeedState:
         raise bad(f"issued by the {header.get('p')!r} feed, not {provider!r}'s")
     try:
         count = int(header["n"])
+        if not 0 <= count <= len(raw):  # each id takes at least a byte: no huge allocation
+            raise ValueError("id count")
         checkpoint = datetime.fromisoformat(header["t"]) if header.get("t") else None
         resume_after = datetime.fromisoformat(header["r"]) if header.get("r") else None
         for moment in (checkpoint, resume_after):

@@ -592,7 +592,7 @@ def _check_tree(data: Any) -> None:
                 stack.extend((item, depth + 1) for item in value)
 
 
-def _load_json(body: bytes) -> Any:
+def load_json(body: bytes) -> Any:
     """``body`` parsed as JSON; ``ValueError`` for what is not JSON or is refused."""
     try:
         data = json.loads(
@@ -614,7 +614,7 @@ def parse_json(body: bytes, *, provider: str, api_key: Secret | None = None) -> 
     strings holding a lone surrogate. The cost is linear in the size of ``body``.
     """
     try:
-        return _load_json(body)
+        return load_json(body)
     except (ValueError, UnicodeDecodeError) as exc:
         text = _snippet(body[:200].decode("utf-8", "replace"))
         if api_key is not None:

@@ -583,3 +583,32 @@ async def test_close_change_feed_with_an_event_at_the_start_of_the_calendar(
         current = adapter._current({"oppo_1": start, "oppo_2": start})  # type: ignore[attr-defined]
         changes = [change async for change in current]
     assert len(changes) == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"event": "\\ud800"}', b'{"n": ' + b"9" * 500 + b"}"],
+)
+def test_a_hostile_webhook_delivery_is_a_decode_error(body: bytes) -> None:
+    from close_opps.webhooks import parse_close_delivery
+
+    with pytest.raises(DecodeError):
+        parse_close_delivery(body)
+    with pytest.raises(DecodeError):
+        parse_close_delivery(body.decode("utf-8"))
+
+
+def test_a_cursor_naming_a_huge_count_is_refused_at_once() -> None:
+    import base64
+    import json
+    import zlib
+
+    from close_opps.errors import InvalidCursorError
+    from close_opps.feed import decode_cursor
+
+    header = json.dumps({"v": 1, "p": "getraze", "n": 10**12}).encode()
+    blob = base64.urlsafe_b64encode(zlib.compress(header + b"\n[]")).decode().rstrip("=")
+    started = time.monotonic()
+    with pytest.raises(InvalidCursorError):
+        decode_cursor("coc1." + blob, provider="getraze")
+    assert time.monotonic() - started < BOUND
