@@ -40,3 +40,8 @@ FULL_REREADS = 1
 #: A wait the server names below this many seconds is raised to it (plus jitter): a wait
 #: that ends just before the server's window turns would meet another 429.
 MIN_SERVER_WAIT = 1.0
+#: Response bodies nested deeper than this (objects and lists) are refused with DecodeError.
+MAX_JSON_DEPTH = 64
+#: JSON integers with more digits than this are refused with DecodeError (parsing a long
+#: integer costs more than linear time).
+MAX_JSON_INT_DIGITS = 100

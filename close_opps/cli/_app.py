@@ -40,6 +40,7 @@ from ._runtime import (
     progress,
     resolve_targets,
     run,
+    scrub,
     usage_error,
 )
 from ._webhooks import webhooks_app
@@ -366,7 +367,7 @@ async def _list(
                         total = page.total if fetch is None else min(page.total, fetch)
                         bar.update(task, total=total)
                     for opp in page.items:
-                        writer.write(opp)
+                        writer.write(scrub(opp))
                     bar.advance(task, len(page.items))
     writer.finish()
 
@@ -417,10 +418,10 @@ def get(
     )
     chosen = fmt or (render.RecordFormat.TABLE if sys.stdout.isatty() else None)
     if chosen is render.RecordFormat.TABLE:
-        render.print_record(opp)
+        render.print_record(scrub(opp))
     else:
         writer = render.make_writer(render.OutputFormat.JSONL, raw=raw)
-        writer.write(opp)
+        writer.write(scrub(opp))
         writer.finish()
 
 
