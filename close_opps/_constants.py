@@ -20,7 +20,7 @@ BACKOFF_MAX = 30.0
 BACKOFF_JITTER = 1.0
 #: Records asked for per page, and pages fetched at once when the total is known.
 DEFAULT_PAGE_SIZE = 100
-DEFAULT_CONCURRENCY = 4
+DEFAULT_CONCURRENCY = 8
 #: Same-origin redirects followed for one request.
 MAX_REDIRECTS = 5
 #: Bodies larger than this are parsed (and their records decoded) in a worker thread.

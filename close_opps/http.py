@@ -29,10 +29,12 @@ import stamina
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from close_opps._budget import budget_for
 from close_opps._constants import (
     BACKOFF_INITIAL,
     BACKOFF_JITTER,
     BACKOFF_MAX,
+    DEFAULT_CONCURRENCY,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_RETRY_WAIT,
     DEFAULT_TIMEOUT,
@@ -687,6 +689,7 @@ class Transport:
         max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
         proxy: str | None = None,
         user_agent: str | None = None,
+        max_in_flight: int = DEFAULT_CONCURRENCY,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive: requests always time out")
@@ -709,6 +712,9 @@ class Transport:
         if user_agent is not None and (not isinstance(user_agent, str) or not user_agent.strip()):
             raise ValueError("user_agent must be a non-empty string")
         self._user_agent = user_agent.strip() if user_agent else None
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.max_in_flight = max_in_flight
 
     @property
     def provider(self) -> str:
@@ -821,6 +827,39 @@ class Transport:
             "User-Agent": self._user_agent_for(session),
             **self.dialect.auth_headers(self._api_key),
         }
+        # Every transport using this key against this API in this loop shares one budget: it
+        # keeps requests within what the server's rate-limit figures allow.
+        budget = budget_for(
+            self.provider,
+            self.base_url,
+            self._api_key.reveal(),
+            max_in_flight=self.max_in_flight,
+        )
+        await budget.acquire(max_wait=self.max_retry_wait)
+        figures: list[RateLimit] = []  # the answer's rate-limit figures, when it had some
+        throttled: RateLimitError | None = None
+        try:
+            return await self._exchange(request, session, headers, url, figures)
+        except RateLimitError as exc:
+            throttled = exc
+            raise
+        finally:
+            await budget.release(
+                figures[0] if figures else None,
+                throttled=throttled is not None,
+                retry_after=throttled.retry_after if throttled is not None else None,
+            )
+
+    async def _exchange(
+        self,
+        request: Request,
+        session: aiohttp.ClientSession,
+        headers: Mapping[str, str],
+        url: yarl.URL,
+        figures: list[RateLimit],
+    ) -> Response:
+        """One request and its answer, read into data or a typed error (its rate-limit
+        figures appended to ``figures``)."""
         started = time.monotonic()
         try:
             for _ in range(MAX_REDIRECTS + 1):
@@ -901,6 +940,7 @@ class Transport:
         rate_limit = parse_rate_limit(resp_headers)
         if rate_limit is not None:
             self.rate_limit = rate_limit
+            figures.append(rate_limit)
         args = (self.dialect, status, resp_headers, body)
         if len(body) > OFFLOAD_BYTES:  # keep the event loop responsive while a big body parses
             data = await asyncio.to_thread(decipher_response, *args, api_key=self._api_key)

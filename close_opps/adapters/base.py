@@ -231,6 +231,7 @@ class BaseAdapter(abc.ABC):
             max_retry_wait=max_retry_wait,
             proxy=proxy,
             user_agent=user_agent,
+            max_in_flight=concurrency,
         )
 
     @classmethod
