@@ -1,0 +1,311 @@
+"""``close_opps.dlt``: real dlt pipelines into DuckDB, from the sandbox (no network).
+
+dlt pipelines are slow to start: one sandbox for the module, few runs per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+dlt = pytest.importorskip("dlt")
+duckdb = pytest.importorskip("duckdb")
+
+from close_opps import BaseAdapter, Opportunity, connect  # noqa: E402
+from close_opps.dlt import (  # noqa: E402
+    AmountPrecisionError,
+    Connection,
+    opportunities_source,
+    table_columns,
+)
+from close_opps.sandbox import Fault, ManualClock, Sandbox  # noqa: E402
+from close_opps.serialize import jsonable  # noqa: E402
+from tests.test_cli import ServedSandbox, invoke  # noqa: E402
+
+VENDORS = ("close", "getraze", "reevo")
+
+
+#: The sandbox's clock, moved by hand: Close's feed re-reads the last five minutes of its
+#: event log, so each run here starts ten minutes after the previous one.
+CLOCK = ManualClock(datetime(2026, 7, 1, 9, tzinfo=UTC))
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Sandbox]:
+    with ServedSandbox(seed=12, records=30, clock=CLOCK, today=CLOCK().date()) as sandbox:
+        yield sandbox
+
+
+def later() -> None:
+    CLOCK.advance(minutes=10)
+
+
+def factories(sandbox: Sandbox, **options: Any) -> dict[str, Callable[[], BaseAdapter]]:
+    """``{provider: factory}``: a new adapter per run, in dlt's loop."""
+
+    def factory(vendor: str) -> Callable[[], BaseAdapter]:
+        server = sandbox[vendor]
+        return lambda: connect(vendor, api_key=server.api_key, base_url=server.base_url, **options)
+
+    return {vendor: factory(vendor) for vendor in VENDORS}
+
+
+def make_pipeline(tmp_path: Path, name: str = "crm") -> Any:
+    return dlt.pipeline(
+        pipeline_name=name,
+        pipelines_dir=str(tmp_path / "pipelines"),
+        destination=dlt.destinations.duckdb(str(tmp_path / "warehouse.duckdb")),
+        dataset_name="crm",
+    )
+
+
+def rows(path: Path, dataset: str = "crm") -> dict[tuple[str, str], dict[str, Any]]:
+    with duckdb.connect(str(path), read_only=True) as db:
+        cursor = db.execute(f"SELECT * FROM {dataset}.opportunities")  # noqa: S608
+        names = [d[0] for d in cursor.description]
+        return {
+            (r["connection"], r["id"]): r
+            for r in (dict(zip(names, t, strict=True)) for t in cursor.fetchall())
+        }
+
+
+def current(sandbox: Sandbox) -> dict[tuple[str, str], Opportunity]:
+    """What the emulators serve now, read through the adapters."""
+
+    async def read() -> dict[tuple[str, str], Opportunity]:
+        found: dict[tuple[str, str], Opportunity] = {}
+        for vendor in VENDORS:
+            server = sandbox[vendor]
+            async with connect(vendor, api_key=server.api_key, base_url=server.base_url) as a:
+                async for opp in a.list():
+                    found[(vendor, opp.id)] = opp
+        return found
+
+    return asyncio.run(read())
+
+
+def assert_equal_to(stored: dict[tuple[str, str], dict[str, Any]], sandbox: Sandbox) -> None:
+    expected = current(sandbox)
+    assert set(stored) == set(expected)
+    for key, opp in expected.items():
+        row = stored[key]
+        amount = opp.amount.amount if opp.amount else None
+        assert row["amount"] == amount, key  # exact: a Decimal, never a float
+        assert isinstance(row["amount"], Decimal | None)
+        assert row["currency"] == (opp.amount.currency if opp.amount else None)
+        assert row["name"] == opp.name
+        assert row["status"] == opp.status.value
+        assert row["provider"] == opp.provider
+        assert row["updated_at"] == opp.updated_at
+        assert row["updated_at"].utcoffset() is not None
+        assert row["created_at"] == opp.created_at
+        assert row["owner_name"] == (opp.owner.name if opp.owner else None)
+        assert json.loads(row["custom_fields"]) == jsonable(opp.custom_fields)
+        assert json.loads(row["raw"]) == jsonable(opp.raw)
+        assert row["deleted"] is False
+
+
+def new_rows(pipeline: Any) -> int:
+    """Rows of the ``opportunities`` table the last run normalized (0 when none)."""
+    counts = pipeline.last_trace.last_normalize_info.row_counts
+    return int(counts.get("opportunities", 0))
+
+
+def test_three_runs_load_everything_then_changes_then_nothing(
+    served: Sandbox, tmp_path: Path
+) -> None:
+    pipeline = make_pipeline(tmp_path)
+
+    def source() -> Any:
+        later()
+        return opportunities_source(factories(served), clock=CLOCK)
+
+    pipeline.run(source())
+    stored = rows(tmp_path / "warehouse.duckdb")
+    assert len(stored) == 90
+    assert_equal_to(stored, served)
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as db:
+        types = dict(
+            db.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = 'crm' AND table_name = 'opportunities'"
+            ).fetchall()
+        )
+    assert types["amount"] == "DECIMAL(38,9)"
+    assert types["updated_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert types["custom_fields"] == types["raw"] == "JSON"
+    assert pipeline.state["sources"]["close_opps"]["resources"]["opportunities"]["cursors"]
+
+    created = {v: served[v].create(title="Brand new", amount=Decimal("1234.56")) for v in VENDORS}
+    served.getraze.edit(served.getraze.ids[0], amount=Decimal("99.99"))
+    served.reevo.edit(served.reevo.ids[1], title="Renamed")
+    served.close.edit(served.close.ids[2], amount=Decimal("0.01"))
+    gone = {v: served[v].ids[3] for v in VENDORS}
+    for vendor, opportunity_id in gone.items():
+        served[vendor].delete(opportunity_id)
+
+    pipeline.run(source())
+    stored = rows(tmp_path / "warehouse.duckdb")
+    assert_equal_to(stored, served)
+    assert not set(gone.items()) & set(stored)
+    assert len(stored) == 90
+    assert stored[("getraze", served.getraze.ids[0])]["amount"] == Decimal("99.99")
+    assert len(created) == 3
+    # only the changes were loaded: 3 created, 3 edited, 3 deleted
+    assert new_rows(pipeline) == 9
+
+    pipeline.run(source())
+    assert new_rows(pipeline) == 0
+    assert rows(tmp_path / "warehouse.duckdb") == stored
+
+
+def test_a_run_failing_midway_commits_nothing_and_the_next_repeats_it(
+    served: Sandbox, tmp_path: Path
+) -> None:
+    pipeline = make_pipeline(tmp_path, "failing")
+    connections = factories(served, max_retries=0, page_size=10)
+
+    def source() -> Any:
+        later()
+        return opportunities_source(connections, batch_size=5, deletions="flag", clock=CLOCK)
+
+    pipeline.run(source())
+    before = rows(tmp_path / "warehouse.duckdb")
+    state = json.dumps(pipeline.state["sources"], sort_keys=True, default=str)
+
+    served.getraze.edit(served.getraze.ids[5], title="Edited before the failure")
+    served.reevo.delete(served.reevo.ids[6])
+    # Getraze's third page fails: its first pages (and Reevo's changes) were already handed
+    # to dlt in batches of 5
+    served.getraze.script(Fault.ok(), Fault.ok(), Fault.server_error(500))
+    with pytest.raises(Exception, match="HTTP 500"):
+        pipeline.run(source())
+    assert [r.fault for r in served.getraze.requests[-3:] if r.fault] == ["server_error"]
+    assert rows(tmp_path / "warehouse.duckdb") == before
+    assert json.dumps(pipeline.state["sources"], sort_keys=True, default=str) == state
+
+    pipeline.run(source())
+    stored = rows(tmp_path / "warehouse.duckdb")
+    assert stored[("getraze", served.getraze.ids[5])]["name"] == "Edited before the failure"
+    tombstone = [row for key, row in stored.items() if key[0] == "reevo" and row["deleted"]]
+    assert len(tombstone) == 1
+    assert tombstone[0]["name"] is None
+    assert tombstone[0]["deleted_at"].utcoffset() is not None
+    live = {key: row for key, row in stored.items() if not row["deleted"]}
+    assert set(live) == set(current(served))
+
+
+def test_two_accounts_of_one_provider_are_two_connections(tmp_path: Path) -> None:
+    with ServedSandbox(seed=3, records=5, vendors=["getraze"]) as sandbox:
+        server = sandbox.getraze
+        adapters = {
+            name: connect("getraze", api_key=server.api_key, base_url=server.base_url)
+            for name in ("eu", "us")
+        }
+        pipeline = make_pipeline(tmp_path, "accounts")
+        pipeline.run(opportunities_source(adapters, raw=False))
+        pipeline.run(opportunities_source(adapters, raw=False))  # the adapters run again
+        stored = rows(tmp_path / "warehouse.duckdb")
+    assert {key[0] for key in stored} == {"eu", "us"}
+    assert len(stored) == 10
+    assert "raw" not in next(iter(stored.values()))
+
+
+def test_arguments_are_checked_at_once() -> None:
+    adapter = connect("close", api_key="k", base_url="http://127.0.0.1:9")
+    with pytest.raises(ValueError, match="unique"):
+        opportunities_source([adapter, adapter])
+    with pytest.raises(ValueError, match="deletions"):
+        opportunities_source(adapter, deletions="soft")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least one"):
+        opportunities_source([])
+    with pytest.raises(TypeError, match="name"):
+        opportunities_source(lambda: adapter)  # type: ignore[arg-type]
+    assert opportunities_source([Connection("a", lambda: adapter)]).resources["opportunities"]
+
+
+def test_columns_are_typed_and_the_delete_hint_follows_the_choice() -> None:
+    columns = table_columns()
+    assert columns["amount"]["data_type"] == "decimal"
+    assert (columns["amount"]["precision"], columns["amount"]["scale"]) == (38, 9)
+    assert columns["deleted"]["hard_delete"] is True
+    assert "hard_delete" not in table_columns(deletions="flag")["deleted"]
+    assert columns["won_at"] == {
+        "name": "won_at",
+        "data_type": "timestamp",
+        "timezone": True,
+        "nullable": True,
+    }
+    assert columns["confidence"]["data_type"] == "bigint"
+    assert "raw" not in table_columns(raw=False)
+
+
+def test_an_amount_that_would_be_rounded_is_refused() -> None:
+    from close_opps.changes import Change, ChangeKind
+    from close_opps.dlt import _row
+    from close_opps.model import Money
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    opp = Opportunity(
+        provider="reevo",
+        id="x",
+        created_at=now,
+        updated_at=now,
+        amount=Money(amount=Decimal("1.0000000001"), currency="USD"),
+    )
+    change = Change(kind=ChangeKind.UPSERT, provider="reevo", id="x", opportunity=opp)
+    with pytest.raises(AmountPrecisionError, match="reevo: opportunity x: amount"):
+        _row(change, "reevo", 1, raw=False, now=now)
+
+
+def test_the_cli_loads_the_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["load", "--sandbox", "--dataset", "crm", "--pipelines-dir", str(tmp_path / "p")]
+    first = invoke(args)
+    assert first.exit_code == 0, first.stderr
+    assert "180 rows" in first.stdout  # 60 per emulator
+    stored = rows(tmp_path / "close_opps.duckdb")
+    assert len(stored) == 180
+    assert all(isinstance(row["amount"], Decimal | None) for row in stored.values())
+
+    again = invoke([*args, "getraze"])  # the same seeded records: nothing changed
+    assert again.exit_code == 0, again.stderr
+    assert "0 rows" in again.stdout
+
+
+def test_the_cli_loads_changes_and_deletions(
+    served: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = {
+        key: value
+        for vendor in ("getraze", "reevo")
+        for key, value in {
+            f"{vendor.upper()}_API_KEY": served[vendor].api_key,
+            f"{vendor.upper()}_BASE_URL": served[vendor].base_url,
+        }.items()
+    }
+    args = ["load", "getraze", "reevo", "--pipelines-dir", str(tmp_path / "p")]
+    assert invoke(args, env=env).exit_code == 0
+    served.reevo.delete(served.reevo.ids[0])
+    served.getraze.create(title="From the command line")
+    second = invoke(args, env=env)
+    assert second.exit_code == 0, second.stderr
+    assert "2 rows" in second.stdout
+    stored = rows(tmp_path / "close_opps.duckdb")
+    live = current(served)
+    assert set(stored) == {key for key in live if key[0] in ("getraze", "reevo")}
+
+
+def test_close_opps_does_not_import_dlt() -> None:
+    code = "import sys, close_opps, close_opps.cli; assert 'dlt' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)  # noqa: S603
