@@ -9,7 +9,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -78,12 +78,14 @@ def rows(path: Path, dataset: str = "crm") -> dict[tuple[str, str], dict[str, An
         }
 
 
-def current(sandbox: Sandbox) -> dict[tuple[str, str], Opportunity]:
+def current(
+    sandbox: Sandbox, vendors: Sequence[str] = VENDORS
+) -> dict[tuple[str, str], Opportunity]:
     """What the emulators serve now, read through the adapters."""
 
     async def read() -> dict[tuple[str, str], Opportunity]:
         found: dict[tuple[str, str], Opportunity] = {}
-        for vendor in VENDORS:
+        for vendor in vendors:
             server = sandbox[vendor]
             async with connect(vendor, api_key=server.api_key, base_url=server.base_url) as a:
                 async for opp in a.list():
@@ -93,8 +95,12 @@ def current(sandbox: Sandbox) -> dict[tuple[str, str], Opportunity]:
     return asyncio.run(read())
 
 
-def assert_equal_to(stored: dict[tuple[str, str], dict[str, Any]], sandbox: Sandbox) -> None:
-    expected = current(sandbox)
+def assert_equal_to(
+    stored: dict[tuple[str, str], dict[str, Any]],
+    sandbox: Sandbox,
+    vendors: Sequence[str] = VENDORS,
+) -> None:
+    expected = current(sandbox, vendors)
     assert set(stored) == set(expected)
     for key, opp in expected.items():
         row = stored[key]
@@ -295,17 +301,82 @@ def test_the_cli_loads_changes_and_deletions(
         }.items()
     }
     args = ["load", "getraze", "reevo", "--pipelines-dir", str(tmp_path / "p")]
-    assert invoke(args, env=env).exit_code == 0
+    first = invoke(args, env=env)
+    assert first.exit_code == 0, first.stderr
+    assert_equal_to(rows(tmp_path / "close_opps.duckdb"), served, ("getraze", "reevo"))
+
     served.reevo.delete(served.reevo.ids[0])
-    served.getraze.create(title="From the command line")
+    served.getraze.create(title="From the command line", amount=Decimal("10.05"))
+    served.getraze.edit(served.getraze.ids[1], amount=Decimal("7.77"))
     second = invoke(args, env=env)
     assert second.exit_code == 0, second.stderr
-    assert "2 rows" in second.stdout
-    stored = rows(tmp_path / "close_opps.duckdb")
-    live = current(served)
-    assert set(stored) == {key for key in live if key[0] in ("getraze", "reevo")}
+    assert second.stdout == (
+        "getraze, reevo: 3 rows loaded into duckdb dataset 'crm' (pipeline 'close_opps')\n"
+    )
+    assert_equal_to(rows(tmp_path / "close_opps.duckdb"), served, ("getraze", "reevo"))
+
+    third = invoke(args, env=env)
+    assert third.exit_code == 0, third.stderr
+    assert "0 rows loaded" in third.stdout
+
+
+def test_the_cli_fails_on_one_line_and_commits_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with ServedSandbox(seed=5, records=4, vendors=["getraze"]) as sandbox:
+        server = sandbox.getraze
+        env = {"GETRAZE_API_KEY": server.api_key, "GETRAZE_BASE_URL": server.base_url}
+        args = ["load", "getraze", "--pipelines-dir", str(tmp_path / "p")]
+        assert invoke(args, env=env).exit_code == 0
+        for gone in server.ids[:3]:
+            server.delete(gone)
+        guarded = invoke(args, env=env)
+        assert guarded.exit_code == 1
+        assert guarded.stderr.splitlines() == [
+            "close-opps: error: getraze: the change feed would delete 3 of the 4 known "
+            "records: nothing was loaded. If the deletions are real, run again with "
+            "--allow-mass-deletion"
+        ]
+        assert len(rows(tmp_path / "close_opps.duckdb")) == 4
+        allowed = invoke([*args, "--allow-mass-deletion"], env=env)
+        assert allowed.exit_code == 0, allowed.stderr
+        assert len(rows(tmp_path / "close_opps.duckdb")) == 1
+
+    unknown = invoke(["load", "--sandbox", "reevo", "--destination", "nowhere"])
+    assert unknown.exit_code == 1
+    (line,) = unknown.stderr.splitlines()
+    assert line.startswith("close-opps: error: dlt: ")
+
+
+def test_an_id_delivered_twice_in_a_run_ends_as_its_last_change(tmp_path: Path) -> None:
+    """``change_seq`` (dedup_sort) decides: an upsert then a delete deletes, and back."""
+    columns = table_columns(raw=False)
+    base = {"provider": "reevo", "name": "n", "amount": Decimal("1.5"), "deleted": False}
+    batches = [
+        [{"connection": "r", "id": "a", "change_seq": 1, **base}],
+        [
+            {"connection": "r", "id": "a", "change_seq": 2, "deleted": True},
+            {"connection": "r", "id": "b", "change_seq": 3, "deleted": True},
+            {"connection": "r", "id": "b", "change_seq": 4, **base},
+        ],
+    ]
+    pipeline = make_pipeline(tmp_path, "twice")
+    for batch in batches:
+        resource = dlt.resource(
+            batch,
+            name="opportunities",
+            primary_key=("connection", "id"),
+            write_disposition="merge",
+            columns=columns,
+        )
+        pipeline.run(resource)
+    assert set(rows(tmp_path / "warehouse.duckdb")) == {("r", "b")}
 
 
 def test_close_opps_does_not_import_dlt() -> None:
-    code = "import sys, close_opps, close_opps.cli; assert 'dlt' not in sys.modules"
+    code = (
+        "import sys, close_opps, close_opps.cli._app\n"
+        "assert 'close_opps.cli._load' in sys.modules and 'dlt' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)  # noqa: S603

@@ -214,7 +214,21 @@ def _maybe_served(sandbox: bool, vendors: Sequence[str]) -> Iterator["Sandbox | 
         yield running
 
 
-def _fail_with(exc: BaseException) -> NoReturn:
+def _cause(exc: BaseException) -> BaseException:
+    """The SDK's error behind dlt's wrappers (a step failure, a resource extraction error),
+    else ``exc``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, CloseOppsError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return exc
+
+
+def _fail_with(failure: BaseException) -> NoReturn:
+    exc = _cause(failure)
     if isinstance(exc, MassDeletionError):
         fail(
             f"{exc.provider}: the change feed would delete {exc.would_delete} of the "
