@@ -9,21 +9,22 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 dlt = pytest.importorskip("dlt")
 duckdb = pytest.importorskip("duckdb")
 
-from close_opps import BaseAdapter, Opportunity, connect  # noqa: E402
+from close_opps import BaseAdapter, Change, ChangeKind, Opportunity, connect  # noqa: E402
 from close_opps.dlt import (  # noqa: E402
     AmountPrecisionError,
     Connection,
+    _changes,
     opportunities_source,
     table_columns,
 )
@@ -380,3 +381,70 @@ def test_close_opps_does_not_import_dlt() -> None:
         "assert 'close_opps.cli._load' in sys.modules and 'dlt' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)  # noqa: S603
+
+
+class _Feed:
+    """A change feed of deletes that waits, after its first, for the other feed's first."""
+
+    def __init__(self, provider: str, mine: asyncio.Event, theirs: asyncio.Event) -> None:
+        self.provider, self.mine, self.theirs = provider, mine, theirs
+        self.cursor: str | None = None
+
+    async def __aenter__(self) -> _Feed:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def _changes(self) -> AsyncIterator[Change]:
+        for number in range(3):
+            yield Change(kind=ChangeKind.DELETE, provider=self.provider, id=f"{number}")
+            self.mine.set()
+            await self.theirs.wait()  # read one feed, then the other: this never returns
+        self.cursor = f"{self.provider}-cursor"
+
+    def __aiter__(self) -> AsyncIterator[Change]:
+        return self._changes()
+
+
+class _Adapter:
+    def __init__(self, feed: _Feed) -> None:
+        self.feed = feed
+        self.closed = False
+
+    def changes(self, since: str | None, **options: Any) -> _Feed:
+        assert since == (None if self.feed.provider == "a" else "b-old")
+        return self.feed
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_the_connections_are_read_concurrently_in_one_loop() -> None:
+    first, second = asyncio.Event(), asyncio.Event()
+    adapters = [_Adapter(_Feed("a", first, second)), _Adapter(_Feed("b", second, first))]
+    connections = [
+        Connection(a.feed.provider, lambda a=a: cast(BaseAdapter, a))  # type: ignore[misc]
+        for a in adapters
+    ]
+    state: dict[str, Any] = {"cursors": {"b": "b-old", "gone": "kept"}}
+    batches = _changes(
+        connections,
+        state,
+        raw=False,
+        max_deletion_share=0.5,
+        allow_mass_deletion=False,
+        clock=None,
+        batch_size=1,
+    )
+    delivered = await asyncio.wait_for(_collect(batches), timeout=10)
+    assert sorted((row["connection"], row["id"]) for row in delivered) == [
+        (name, str(n)) for name in "ab" for n in range(3)
+    ]
+    assert sorted(row["change_seq"] for row in delivered) == list(range(1, 7))
+    assert state["cursors"] == {"a": "a-cursor", "b": "b-cursor", "gone": "kept"}
+    assert all(a.closed for a in adapters)
+
+
+async def _collect(batches: AsyncIterator[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [row async for batch in batches for row in batch]
