@@ -448,3 +448,29 @@ async def test_the_connections_are_read_concurrently_in_one_loop() -> None:
 
 async def _collect(batches: AsyncIterator[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return [row async for batch in batches for row in batch]
+
+
+# dlt 1.31 reports the pending package with the deprecated ``Logger.warn``
+@pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated:DeprecationWarning")
+def test_a_destination_failure_leaves_the_package_for_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dlt.destinations.job_client_impl import SqlJobClientBase
+
+    monkeypatch.chdir(tmp_path)
+    args = ["load", "--sandbox", "reevo", "--pipelines-dir", str(tmp_path / "p")]
+
+    def broken(self: Any, load_id: str) -> None:
+        raise RuntimeError("the warehouse went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(SqlJobClientBase, "complete_load", broken)
+        failed = invoke(args)
+    assert failed.exit_code == 1
+    (line,) = failed.stderr.splitlines()
+    assert line.startswith("close-opps: error: the destination failed; the load package")
+    assert "the warehouse went away" in line
+
+    again = invoke(args)
+    assert again.exit_code == 0, again.stderr
+    assert len(rows(tmp_path / "close_opps.duckdb")) == 60

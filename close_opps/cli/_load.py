@@ -189,6 +189,11 @@ def load(
             )
             pipeline.run(source)
         except PipelineStepFailed as exc:
+            if exc.step == "load":  # extracted and normalized: dlt keeps the package
+                fail(
+                    f"the destination failed; the load package (changes and cursors) is "
+                    f"pending and the next run loads it: {_cause(exc.exception)}"
+                )
             _fail_with(exc.exception)
         except CloseOppsError as exc:
             _fail_with(exc)
