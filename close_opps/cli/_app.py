@@ -673,5 +673,6 @@ def _announce(sandbox: "Sandbox") -> None:
     sys.stdout.flush()
 
 
-# The ``changes`` command lives in its own module; importing it registers it on ``app``.
-from . import _changes  # noqa: E402, F401
+# The ``changes`` and ``load`` commands live in their own modules; importing one registers it
+# on ``app``.
+from . import _changes, _load  # noqa: E402, F401
