@@ -138,7 +138,9 @@ def _connection(name: str, value: BaseAdapter | AdapterFactory) -> Connection:
         adapter = value
         # a caller's adapter stays the caller's; its own session is released after each run
         # (it opens another on next use), so the adapter works again in the next run's loop
-        return Connection(name, lambda: adapter)
+        # An adapter belongs to the loop it first ran in, and each run has a loop of its own:
+        # each run reads through a fresh clone of it.
+        return Connection(name, adapter.clone)
     if callable(value):
         return Connection(name, value)
     raise TypeError(f"{name}: expected an adapter or a callable returning one")
@@ -306,8 +308,8 @@ async def _changes(
                         await queue.put(batch)
                 done.cursor = feed.cursor
             finally:
-                # releases the session the adapter made in this loop (a caller's adapter
-                # opens another on its next use); a caller's ``session=`` is left open
+                # releases the session the adapter made in this loop (adapters given to the
+                # source run as clones, one per run); a caller's ``session=`` is left open
                 await adapter.aclose()
         except asyncio.CancelledError:
             raise
@@ -373,9 +375,9 @@ def opportunities_source(
         batch_size: changes per list handed to dlt.
         name: the source's name (and its state's key in the pipeline).
 
-    Adapters given directly are used in dlt's extraction event loop (a thread of its own):
-    build them without a ``session=`` of yours, which belongs to another loop. Their own
-    session is released at the end of each run.
+    Adapters given directly are read through a clone (:meth:`BaseAdapter.clone`) in each
+    run, in dlt's extraction event loop (a thread of its own), closed at the end of the run;
+    the adapters you pass are not used or closed. A factory is called in every run.
     """
     if deletions not in ("delete", "flag"):
         raise ValueError(f"deletions must be 'delete' or 'flag', not {deletions!r}")

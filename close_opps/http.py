@@ -722,6 +722,11 @@ class Transport:
         return self.dialect.provider
 
     @property
+    def api_key(self) -> Secret:
+        """The key this transport sends (a :class:`Secret`: it never shows itself)."""
+        return self._api_key
+
+    @property
     def closed(self) -> bool:
         """Whether :meth:`aclose` has run: the transport sends nothing more."""
         return self._closed

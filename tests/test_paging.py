@@ -300,3 +300,14 @@ async def test_list_is_an_async_generator_that_aclosing_accepts() -> None:
         first = await anext(pages)
     assert len(first) == 10
     assert len(adapter.requests) <= 1 + adapter.concurrency
+
+
+async def test_clone_has_the_same_settings_and_its_own_life() -> None:
+    adapter = CloseAdapter("k_clone", base_url="http://127.0.0.1:9", page_size=7, concurrency=3)
+    await adapter.aclose()
+    clone = adapter.clone()
+    assert clone is not adapter
+    assert (clone.base_url, clone.concurrency) == (adapter.base_url, 3)
+    assert clone.list_query().page_size == 7
+    assert not clone._transport.closed  # the original is closed, the clone is not
+    assert "k_clone" not in repr(clone)

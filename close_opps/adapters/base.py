@@ -221,6 +221,17 @@ class BaseAdapter(abc.ABC):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.concurrency = concurrency
+        #: The settings a :meth:`clone` is made with (never a session: it belongs to a loop).
+        self._settings: dict[str, Any] = {
+            "base_url": base_url,
+            "timeout": timeout,
+            "max_retries": max_retries,
+            "max_retry_wait": max_retry_wait,
+            "page_size": page_size,
+            "concurrency": concurrency,
+            "proxy": proxy,
+            "user_agent": user_agent,
+        }
         self._transport = Transport(
             dialect=self.dialect_class(),
             base_url=base_url or self.default_base_url,
@@ -233,6 +244,15 @@ class BaseAdapter(abc.ABC):
             user_agent=user_agent,
             max_in_flight=concurrency,
         )
+
+    def clone(self) -> Self:
+        """A new adapter with the same key and settings, not yet opened.
+
+        An adapter belongs to the event loop it first ran in and never reopens once closed;
+        code that runs each job in a loop of its own (a dlt pipeline, a worker) uses a clone
+        per job. A ``session`` given to this adapter is not shared with the clone.
+        """
+        return type(self)(self._transport.api_key.reveal(), **self._settings)
 
     @classmethod
     def _api_key_or_env(cls, api_key: str | None) -> str:
