@@ -566,43 +566,63 @@ def _parse_constant(name: str) -> Any:
     raise _Unacceptable(f"{name} is not a JSON number")
 
 
-def _check_tree(data: Any) -> None:
-    """Refuse nesting deeper than :data:`MAX_JSON_DEPTH` and strings (values or keys) holding
-    a lone surrogate (legal as a JSON escape, but no UTF-8 text, file or database holds it).
+#: A ``\\u`` escape of a UTF-16 surrogate (D800-DFFF): the only way JSON text can hold
+#: one, since UTF-8 bytes cannot. Bodies without it skip the string check.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
-    Iterative and linear in the size of ``data``.
+
+def _check_tree(data: Any, *, strings: bool = True) -> None:
+    """Refuse nesting deeper than :data:`MAX_JSON_DEPTH` and, with ``strings``, strings
+    (values or keys) holding a lone surrogate (legal as a JSON escape, but no UTF-8 text,
+    file or database holds it).
+
+    Iterative and linear in the size of ``data``; without ``strings`` only containers are
+    visited.
     """
     stack: list[tuple[Any, int]] = [(data, 0)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, str):
-            if not value.isascii():
+        kind = type(value)
+        if kind is str:
+            if strings and not value.isascii():
                 try:
                     value.encode("utf-8")
                 except UnicodeEncodeError:
                     raise _Unacceptable(
                         "a string holds a lone surrogate (\\ud800-\\udfff)"
                     ) from None
-        elif isinstance(value, (dict, list)):
-            if depth >= MAX_JSON_DEPTH:
-                raise _Unacceptable(f"nested deeper than {MAX_JSON_DEPTH} levels")
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    stack.append((key, depth + 1))
-                    stack.append((item, depth + 1))
-            else:
-                stack.extend((item, depth + 1) for item in value)
+            continue
+        if kind is not dict and kind is not list:
+            continue
+        if depth >= MAX_JSON_DEPTH:
+            raise _Unacceptable(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        children = value.values() if kind is dict else value
+        for item in children:
+            if type(item) in _CONTAINERS or (strings and type(item) is str):
+                stack.append((item, depth + 1))
+        if strings and kind is dict:
+            stack.extend((key, depth + 1) for key in value)
+
+
+_CONTAINERS = (dict, list)
+_LONG_DIGITS = re.compile(rb"[0-9]{%d}" % (MAX_JSON_INT_DIGITS + 1))
 
 
 def load_json(body: bytes) -> Any:
     """``body`` parsed as JSON; ``ValueError`` for what is not JSON or is refused."""
     try:
+        # The integer hook costs a Python call per integer: only for bodies that hold a run
+        # of digits longer than the limit (the C parser reads the others).
+        long_digits = _LONG_DIGITS.search(body) is not None
         data = json.loads(
-            body, parse_float=Decimal, parse_int=_parse_int, parse_constant=_parse_constant
+            body,
+            parse_float=Decimal,
+            parse_int=_parse_int if long_digits else None,
+            parse_constant=_parse_constant,
         )
     except RecursionError:
         raise _Unacceptable(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
-    _check_tree(data)
+    _check_tree(data, strings=_SURROGATE_ESCAPE.search(body) is not None)
     return data
 
 
