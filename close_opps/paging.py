@@ -159,10 +159,15 @@ class PagingPolicy(abc.ABC):
             PaginationError: the server did not honour the page asked for.
         """
 
+    #: The record field the server sorts the listing by (``"created_at"`` or
+    #: ``"updated_at"``), or ``None`` when the order is another or unknown.
+    sort_by: str | None = None
+
     def sort_key(self, record: Opportunity) -> Any:
-        """The value the server sorts the listing by, or ``None`` when the order is unknown
-        (then ties cannot be accounted for, and a window cannot move)."""
-        return None
+        """The value the server sorts the listing by (by default the :attr:`sort_by` field of
+        the record), or ``None`` when the order is unknown (then ties cannot be accounted
+        for, and a window cannot move)."""
+        return getattr(record, self.sort_by) if self.sort_by is not None else None
 
     def matches(self, record: Opportunity) -> bool:
         """Whether a record the server sent belongs in the listing (local filters)."""

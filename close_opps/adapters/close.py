@@ -70,6 +70,8 @@ _RESUMABLE_ORDER: Final = {"date_updated": "date_updated", "date_created": "date
 #: (Ordered by date_updated, each edit moves a record to the end and every record after it
 #: one place back: offset pages would skip one.)
 _DEFAULT_ORDER: Final = "date_created"
+#: The record field each resumable order sorts by.
+_SORTED_FIELD: Final = {"date_created": "created_at", "date_updated": "updated_at"}
 _LIST_PARAMS_OWNED: Final = frozenset({"_skip", "_limit", "_order_by", "_group_by", "_fields"})
 
 
@@ -297,6 +299,7 @@ class ClosePaging(PagingPolicy):
         self._order_field = _RESUMABLE_ORDER.get(order.lstrip("-"))
         self.descending = order.startswith("-")
         self.can_move_window = self._order_field is not None
+        self.sort_by = _SORTED_FIELD.get(self._order_field or "")
         self._params = _list_params(query, order)
 
     def request(self, page: PageRequest) -> Request:
@@ -317,13 +320,6 @@ class ClosePaging(PagingPolicy):
         """See :func:`parse_list_page`."""
         return parse_list_page(response.data)
 
-    def sort_key(self, record: Opportunity) -> Any:
-        """``date_created`` or ``date_updated``, as ordered; ``None`` for another order."""
-        if self._order_field == "date_created":
-            return record.created_at
-        if self._order_field == "date_updated":
-            return record.updated_at
-        return None
 
 
 def _list_params(query: ListQuery, order: str) -> dict[str, Any]:

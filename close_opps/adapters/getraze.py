@@ -489,7 +489,7 @@ class GetrazePaging(PagingPolicy):
             ("updated_at", "desc") if self._stop_at_bound else _sort(query.order_by)
         )
         self.descending = sort_order == "desc"
-        self._sort_by = sort_by
+        self.sort_by = sort_by if sort_by in ("created_at", "updated_at") else None
         self.may_end_early = self._stop_at_bound
         self._source = query.filters.get("source")
         self.filters_locally = (
@@ -520,13 +520,6 @@ class GetrazePaging(PagingPolicy):
             response.data, page_number=page.offset // page.size + 1, page_size=page.size
         )
 
-    def sort_key(self, record: Opportunity) -> Any:
-        """``created_at`` or ``updated_at``, as sorted; ``None`` for another order."""
-        if self._sort_by == "created_at":
-            return record.created_at
-        if self._sort_by == "updated_at":
-            return record.updated_at
-        return None
 
     def matches(self, record: Opportunity) -> bool:
         """The query's statuses and date bounds, and ``source``: none is a server filter."""

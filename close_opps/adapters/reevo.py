@@ -511,7 +511,8 @@ class ReevoPaging(PagingPolicy):
         self.filters_locally = query.statuses is not None
         sort = self._body.get("sort") or []
         first = sort[0] if sort else {}
-        self._sort_field = first.get("field") if len(sort) == 1 else None
+        field = first.get("field") if len(sort) == 1 else None
+        self.sort_by = field if field in ("created_at", "updated_at") else None
         self.descending = first.get("direction") == "desc"
 
     def request(self, page: PageRequest) -> Request:
@@ -525,13 +526,6 @@ class ReevoPaging(PagingPolicy):
         """See :func:`parse_query_page`."""
         return parse_query_page(response.data)
 
-    def sort_key(self, record: Opportunity) -> Any:
-        """``created_at`` or ``updated_at`` when the listing is sorted by one of them alone."""
-        if self._sort_field == "created_at":
-            return record.created_at
-        if self._sort_field == "updated_at":
-            return record.updated_at
-        return None
 
     def matches(self, record: Opportunity) -> bool:
         """The exact status rule and every bound."""
