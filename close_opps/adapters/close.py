@@ -321,7 +321,6 @@ class ClosePaging(PagingPolicy):
         return parse_list_page(response.data)
 
 
-
 def _list_params(query: ListQuery, order: str) -> dict[str, Any]:
     params: dict[str, Any] = dict(query.filters)
     if query.statuses is not None:

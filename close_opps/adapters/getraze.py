@@ -520,7 +520,6 @@ class GetrazePaging(PagingPolicy):
             response.data, page_number=page.offset // page.size + 1, page_size=page.size
         )
 
-
     def matches(self, record: Opportunity) -> bool:
         """The query's statuses and date bounds, and ``source``: none is a server filter."""
         if self._source is not None and record.source != self._source:

@@ -526,7 +526,6 @@ class ReevoPaging(PagingPolicy):
         """See :func:`parse_query_page`."""
         return parse_query_page(response.data)
 
-
     def matches(self, record: Opportunity) -> bool:
         """The exact status rule and every bound."""
         return self._query.matches(record)
