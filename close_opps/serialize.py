@@ -12,13 +12,14 @@ import types
 import typing
 from collections.abc import Mapping
 from datetime import date, datetime, time
+from decimal import Decimal
 from enum import Enum
 from functools import cache
 from typing import Any
 
 import attrs
 
-from close_opps.model import Money, Opportunity
+from close_opps.model import FrozenDict, FrozenList, Money, Opportunity
 
 __all__ = [
     "FIELDS",
@@ -31,6 +32,10 @@ __all__ = [
 ]
 
 
+#: Types JSON holds as they are (exact types: a subclass such as a StrEnum goes the long way).
+_PLAIN: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+
+
 def jsonable(value: Any) -> Any:
     """``value`` with everything JSON cannot hold turned into strings, recursively
     (decimals and datetimes as text, enums as their value, mappings as dicts).
@@ -38,9 +43,24 @@ def jsonable(value: Any) -> Any:
     Custom fields may hold what a provider's value decoders made (decimals, times, UUIDs,
     small attrs classes); none of them may make a record unwritable.
     """
+    kind = type(value)
+    # Fast paths for what records hold most (every record of a JSONL export comes here).
+    if kind in _PLAIN:
+        return value
+    if kind is dict or kind is FrozenDict:
+        return {
+            (k if type(k) is str else str(k)): (v if type(v) in _PLAIN else jsonable(v))
+            for k, v in value.items()
+        }
+    if kind is list or kind is FrozenList:
+        return [v if type(v) in _PLAIN else jsonable(v) for v in value]
+    if kind is Decimal:
+        return str(value)
+    if kind is datetime:
+        return value.isoformat()
     if isinstance(value, Enum):  # before str: OpportunityStatus is a StrEnum
         return jsonable(value.value)
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (datetime, date, time)):
         return value.isoformat()
@@ -48,9 +68,9 @@ def jsonable(value: Any) -> Any:
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [jsonable(v) for v in value]
-    if attrs.has(type(value)):
-        return jsonable(attrs.asdict(value, recurse=False))
-    return str(value)  # Decimal, UUID, and anything else with a faithful text form
+    if attrs.has(kind):
+        return {a.name: jsonable(getattr(value, a.name)) for a in attrs.fields(kind)}
+    return str(value)  # UUID, and anything else with a faithful text form
 
 
 #: The top-level keys of :func:`opportunity_to_dict`, in order.
