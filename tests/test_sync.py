@@ -113,7 +113,7 @@ async def test_store_schema_wal_and_version(tmp_path: Path) -> None:
             "raw",
         } <= columns
         assert {row[1] for row in conn.execute("PRAGMA table_info(watermarks)")} >= {
-            "provider",
+            "connection",
             "updated_at",
         }
         conn.execute("PRAGMA user_version = 99")

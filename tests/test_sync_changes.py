@@ -281,7 +281,7 @@ async def test_a_version_1_database_migrates_in_place_and_loses_nothing(tmp_path
     assert len(before) == 36
 
     async with SyncStore(path) as store:
-        assert await store.schema_version() == SCHEMA_VERSION == 3
+        assert await store.schema_version() == SCHEMA_VERSION == 4
         rows = await store.rows(include_deleted=True)
         assert len(rows) == 36
         by_key = {(row["provider"], row["id"]): row for row in rows}
@@ -330,5 +330,5 @@ async def test_a_version_2_database_migrates_too(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version = 2")
     conn.close()
     async with SyncStore(path) as store:
-        assert await store.schema_version() == 3
+        assert await store.schema_version() == SCHEMA_VERSION
         assert await store.count(include_deleted=True) == 36
