@@ -80,6 +80,10 @@ def _check_options(_: Any, __: Any, value: Mapping[str, Any]) -> None:
         )
 
 
+def _as_dict(value: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(value)
+
+
 @attrs.frozen
 class Connection:
     """One account at one provider, synced under ``name``.
@@ -101,7 +105,7 @@ class Connection:
     key_env: str | None = None
     every_minutes: int | None = attrs.field(default=None, validator=_check_every)
     options: Mapping[str, Any] = attrs.field(
-        factory=dict, converter=lambda value: dict(value), validator=_check_options
+        factory=dict, converter=_as_dict, validator=_check_options
     )
 
     async def api_key(self, resolver: KeyResolver | None = None) -> str:
@@ -119,8 +123,7 @@ class Connection:
                 raise
             except Exception as exc:
                 raise ConnectionKeyError(
-                    f"the key resolver failed for connection {self.name!r}: "
-                    f"{type(exc).__name__}",
+                    f"the key resolver failed for connection {self.name!r}: {type(exc).__name__}",
                     provider=self.provider,
                     connection=self.name,
                 ) from exc

@@ -47,6 +47,7 @@ __all__ = [
     "SyncReport",
     "SyncStore",
     "UpsertCounts",
+    "open_store",
     "sync",
 ]
 
@@ -174,7 +175,7 @@ _MIGRATIONS: Final[Mapping[int, Sequence[str]]] = {
 #: PostgreSQL's form of the statements that use SQLite's JSON functions (the rest is the same
 #: SQL in both): ``{sqlite statement: postgresql statement}``.
 _PG_FORMS: Final[Mapping[str, str]] = {
-    _MIGRATIONS[2][-1]: "UPDATE opportunities SET "
+    _MIGRATIONS[2][-1]: "UPDATE opportunities SET "  # noqa: S608 - constant names and paths
     + ", ".join(
         f"{name} = record::jsonb #>> '{{{path[2:].replace('.', ',')}}}'"
         for name, path in _V2_COLUMNS[:3]
@@ -432,7 +433,7 @@ class SyncStore:
         return self._conn
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._db().execute(sql, params).fetchall()
+        return list(self._db().execute(sql, params).fetchall())
 
     # -------------------------------------------------------------------------- reads
 
@@ -444,7 +445,9 @@ class SyncStore:
         """The newest ``updated_at`` a complete run of ``provider`` committed (UTC), or
         ``None`` before the first complete run."""
         rows = await self._run(
-            lambda: self._query("SELECT updated_at FROM watermarks WHERE connection = ?", (provider,))
+            lambda: self._query(
+                "SELECT updated_at FROM watermarks WHERE connection = ?", (provider,)
+            )
         )
         return datetime.fromisoformat(rows[0][0]) if rows else None
 
@@ -482,7 +485,9 @@ class SyncStore:
         """Whether ``provider``'s stored cursor is that of a run that ended (``False``: the
         checkpoint of an interrupted first run), or ``None`` without a cursor."""
         rows = await self._run(
-            lambda: self._query("SELECT complete FROM feed_cursors WHERE connection = ?", (provider,))
+            lambda: self._query(
+                "SELECT complete FROM feed_cursors WHERE connection = ?", (provider,)
+            )
         )
         return bool(rows[0][0]) if rows else None
 
@@ -597,7 +602,8 @@ class SyncStore:
             conn.execute("DELETE FROM feed_cursors WHERE connection = ?", (provider,))
             return
         conn.execute(
-            "INSERT INTO feed_cursors (connection, cursor, complete, synced_at) VALUES (?, ?, ?, ?) "
+            "INSERT INTO feed_cursors (connection, cursor, complete, synced_at) "
+            "VALUES (?, ?, ?, ?) "
             "ON CONFLICT (connection) DO UPDATE SET cursor = excluded.cursor, "
             "complete = excluded.complete, synced_at = excluded.synced_at",
             (provider, cursor, int(complete), now),
@@ -771,6 +777,35 @@ def _connection(row: Sequence[Any]) -> Connection:
         key_env=key_env,
         every_minutes=None if every is None else int(every),
         options=json.loads(options),
+    )
+
+
+def open_store(url: str | os.PathLike[str]) -> SyncStore:
+    """The store at ``url`` (not yet open: ``async with open_store(url) as store``).
+
+    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite://:memory:``
+    or a plain path: a :class:`SyncStore`; ``postgresql://...`` (or ``postgres://``): a
+    :class:`~close_opps.pgstore.PostgresStore` (needs the ``postgres`` extra).
+
+    Raises:
+        ValueError: another scheme.
+    """
+    text = os.fspath(url)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return SyncStore(text)
+    scheme = scheme.lower()
+    if scheme == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest
+        if not path:
+            raise ValueError(f"a sqlite URL names a file: sqlite:///opps.db, got {text!r}")
+        return SyncStore(path)
+    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
+        from close_opps.pgstore import PostgresStore
+
+        return PostgresStore("postgresql://" + rest)
+    raise ValueError(
+        f"unknown database URL scheme {scheme!r}: use sqlite:///PATH or postgresql://..."
     )
 
 
