@@ -20,6 +20,7 @@ from close_opps.adapters.close import CloseAdapter
 from close_opps.adapters.getraze import GetrazeAdapter
 from close_opps.adapters.reevo import ReevoAdapter
 from close_opps.changes import Change, ChangeKind
+from close_opps.connections import Connection, ConnectionKeyError, sync_connections
 from close_opps.errors import (
     APIError,
     APITimeoutError,
@@ -45,7 +46,7 @@ from close_opps.http import RateLimit
 from close_opps.hub import OpportunityHub
 from close_opps.model import Contact, Money, Opportunity, OpportunityStatus, Ref
 from close_opps.registry import adapter_class, connect, providers
-from close_opps.sync import SyncError, SyncReport, SyncStore
+from close_opps.sync import SyncError, SyncReport, SyncStore, open_store
 
 __all__ = [
     "APIError",
@@ -57,6 +58,8 @@ __all__ = [
     "ChangeKind",
     "CloseAdapter",
     "CloseOppsError",
+    "Connection",
+    "ConnectionKeyError",
     "Contact",
     "DecodeError",
     "EndpointNotFoundError",
@@ -88,5 +91,7 @@ __all__ = [
     "__version__",
     "adapter_class",
     "connect",
+    "open_store",
     "providers",
+    "sync_connections",
 ]

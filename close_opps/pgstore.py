@@ -104,6 +104,9 @@ class PostgresStore(SyncStore):
     def _lock_connection(self, conn: Any, connection: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (connection,))
 
+    def _hold(self, connection: str) -> None:
+        self._db().execute("SELECT pg_advisory_lock(hashtextextended(?, 0))", (connection,))
+
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
         return f"PostgresStore({_redacted(self.url)!r}, {state})"

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -170,6 +171,17 @@ _MIGRATIONS: Final[Mapping[int, Sequence[str]]] = {
         "    options TEXT NOT NULL,\n"
         "    created_at TEXT NOT NULL\n"
         ")",
+        # one row per sync of a connection by a worker: started, finished (NULL while it
+        # runs, or if its worker died), outcome ("ok" or the error's type)
+        "CREATE TABLE IF NOT EXISTS sync_runs (\n"
+        "    run_id TEXT PRIMARY KEY,\n"
+        "    connection TEXT NOT NULL,\n"
+        "    worker TEXT NOT NULL,\n"
+        "    started_at TEXT NOT NULL,\n"
+        "    finished_at TEXT,\n"
+        "    outcome TEXT\n"
+        ")",
+        "CREATE INDEX IF NOT EXISTS sync_runs_connection ON sync_runs (connection, started_at)",
     ),
 }
 #: PostgreSQL's form of the statements that use SQLite's JSON functions (the rest is the same
@@ -758,6 +770,64 @@ class SyncStore:
             return bool(found)
 
         return await self._run(lambda: self._transaction(work, lock=name))
+
+    async def hold_connection(self, connection: str) -> None:
+        """Wait until no other process holds ``connection``, then hold it until the store
+        is closed (PostgreSQL: a session advisory lock, released with the connection, so a
+        killed process releases it too; SQLite: nothing, its writers are serialized)."""
+        await self._run(lambda: self._hold(connection))
+
+    def _hold(self, connection: str) -> None:
+        """Nothing for SQLite."""
+
+    # ----------------------------------------------------------------------- sync runs
+
+    async def start_run(self, connection: str, worker: str) -> str:
+        """Record that ``worker`` starts syncing ``connection``; returns the run's id."""
+        run_id = uuid.uuid4().hex
+        now = _stamp(datetime.now(UTC))
+        await self._run(
+            lambda: self._execute(
+                "INSERT INTO sync_runs (run_id, connection, worker, started_at) "
+                "VALUES (?, ?, ?, ?)",
+                run_id,
+                connection,
+                worker,
+                now,
+            )
+        )
+        return run_id
+
+    async def finish_run(self, run_id: str, outcome: str) -> None:
+        """Record the end of a run (``outcome``: ``"ok"`` or the error's type)."""
+        now = _stamp(datetime.now(UTC))
+        await self._run(
+            lambda: self._execute(
+                "UPDATE sync_runs SET finished_at = ?, outcome = ? WHERE run_id = ?",
+                now,
+                outcome,
+                run_id,
+            )
+        )
+
+    async def runs(self, connection: str | None = None) -> list[dict[str, Any]]:
+        """The recorded sync runs (of ``connection``, or all), by connection and start."""
+        sql = "SELECT connection, worker, started_at, finished_at, outcome FROM sync_runs"
+        params: tuple[Any, ...] = ()
+        if connection is not None:
+            sql += " WHERE connection = ?"
+            params = (connection,)
+        sql += " ORDER BY connection, started_at"
+        rows = await self._run(lambda: self._query(sql, params))
+        names = ("connection", "worker", "started_at", "finished_at", "outcome")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    async def last_synced(self) -> dict[str, datetime]:
+        """When each connection's last complete sync committed (its cursor's time)."""
+        rows = await self._run(
+            lambda: self._query("SELECT connection, synced_at FROM feed_cursors WHERE complete = 1")
+        )
+        return {str(name): datetime.fromisoformat(stamp) for name, stamp in rows}
 
     def _execute(self, sql: str, *params: Any) -> None:
         self._db().execute(sql, params)  # autocommit: one statement, one transaction

@@ -55,7 +55,9 @@ def postgres_server() -> Iterator[str]:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true but no PostgreSQL binaries: .ci/run installs `postgresql`")
         pytest.skip("no PostgreSQL server binaries (apt-get install postgresql)")
-    folder = Path(tempfile.mkdtemp(prefix="close-opps-pg-"))
+    # as root, in /tmp (which the postgres user can reach), whatever TMPDIR says
+    where = "/tmp" if os.geteuid() == 0 else None  # noqa: S108
+    folder = Path(tempfile.mkdtemp(prefix="close-opps-pg-", dir=where))
     data, socket_dir = folder / "data", folder / "run"
     socket_dir.mkdir()
     if os.geteuid() == 0:
