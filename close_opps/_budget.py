@@ -18,9 +18,12 @@ import hashlib
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from close_opps.errors import RateLimitError
-from close_opps.http import RateLimit
+
+if TYPE_CHECKING:
+    from close_opps.http import RateLimit
 
 __all__ = ["RateBudget", "budget_for"]
 
@@ -121,7 +124,11 @@ class RateBudget:
             if throttled:
                 self.ceiling = max(1, self.ceiling // 2)
                 if retry_after is not None:
+                    # The server named its own wait: after it, try again, whatever the
+                    # window's figures said.
                     self._paused_until = max(self._paused_until, now + retry_after)
+                    self.remaining = None
+                    self._window_ends = None
             else:
                 self.ceiling = min(self.max_in_flight, self.ceiling + 1)
             self._changed.notify_all()

@@ -20,7 +20,7 @@ BACKOFF_MAX = 30.0
 BACKOFF_JITTER = 1.0
 #: Records asked for per page, and pages fetched at once when the total is known.
 DEFAULT_PAGE_SIZE = 100
-DEFAULT_CONCURRENCY = 4
+DEFAULT_CONCURRENCY = 8
 #: Same-origin redirects followed for one request.
 MAX_REDIRECTS = 5
 #: Bodies larger than this are parsed (and their records decoded) in a worker thread.
@@ -40,3 +40,8 @@ FULL_REREADS = 1
 #: A wait the server names below this many seconds is raised to it (plus jitter): a wait
 #: that ends just before the server's window turns would meet another 429.
 MIN_SERVER_WAIT = 1.0
+#: Response bodies nested deeper than this (objects and lists) are refused with DecodeError.
+MAX_JSON_DEPTH = 64
+#: JSON integers with more digits than this are refused with DecodeError (parsing a long
+#: integer costs more than linear time).
+MAX_JSON_INT_DIGITS = 100

@@ -24,11 +24,28 @@ from cattrs.cols import (
 )
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from close_opps._redact import safe_cause
 from close_opps.errors import DecodeError
 
-__all__ = ["decode", "make_converter", "parse_date", "parse_datetime", "parse_decimal"]
+__all__ = [
+    "MAX_DECIMAL_EXPONENT",
+    "decode",
+    "make_converter",
+    "parse_date",
+    "parse_datetime",
+    "parse_decimal",
+    "parse_int",
+]
 
 T = TypeVar("T")
+
+#: Decimals are accepted from 10**-MAX_DECIMAL_EXPONENT to 10**MAX_DECIMAL_EXPONENT in
+#: magnitude (and zero): beyond, no amount is real, and arithmetic on the number (``int()``,
+#: a division) would cost time out of proportion to its text, or overflow.
+MAX_DECIMAL_EXPONENT = 60
+#: Integers a record field holds: SQLite's 64-bit range, so every one can be stored.
+_INT_MIN = -(2**63)
+_INT_MAX = 2**63 - 1
 
 
 def parse_datetime(value: Any) -> datetime:
@@ -46,7 +63,10 @@ def parse_datetime(value: Any) -> datetime:
         raise TypeError(f"expected an ISO 8601 timestamp string, got {type(value).__name__}")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first representable UTC
+        raise ValueError(f"{value!r} is outside the range of representable timestamps") from None
 
 
 def parse_date(value: Any) -> date:
@@ -82,6 +102,43 @@ def parse_decimal(value: Any) -> Decimal:
         raise TypeError(f"expected a number, got {type(value).__name__}")
     if not result.is_finite():
         raise ValueError(f"{value!r} is not a finite number")
+    if not result:
+        if abs(result.as_tuple().exponent) > MAX_DECIMAL_EXPONENT:  # type: ignore[arg-type]
+            result = Decimal(0)  # 0E-999999999: zero, without the absurd exponent
+        return result
+    if not -MAX_DECIMAL_EXPONENT <= result.adjusted() <= MAX_DECIMAL_EXPONENT:
+        raise ValueError(
+            f"{_short(result)} is out of range (magnitude 1e-{MAX_DECIMAL_EXPONENT} to "
+            f"1e{MAX_DECIMAL_EXPONENT})"
+        )
+    return result
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:20]}…{text[-10:]} ({len(text)} characters)"
+
+
+def parse_int(value: Any) -> int:
+    """An integer within SQLite's 64-bit range from a JSON integer, or from a JSON number
+    with no fraction (``40.0``, ``4e1``).
+
+    The range is checked before any conversion, so no text costs more than linear time.
+    """
+    if isinstance(value, bool):
+        raise TypeError("expected an integer, got a boolean")
+    if isinstance(value, int):
+        result = value
+    elif isinstance(value, Decimal):
+        if not value.is_finite() or value.adjusted() > 18:  # before int(): 1e999999999
+            raise ValueError(f"{_short(value)} is out of the 64-bit integer range")
+        if value != value.to_integral_value():
+            raise TypeError(f"expected an integer, got {_short(value)}")
+        result = int(value)
+    else:
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    if not _INT_MIN <= result <= _INT_MAX:
+        raise ValueError(f"{_short(result)} is out of the 64-bit integer range")
     return result
 
 
@@ -92,13 +149,7 @@ def _strict_str(value: Any, _: type) -> str:
 
 
 def _strict_int(value: Any, _: type) -> int:
-    if isinstance(value, bool):
-        raise TypeError("expected an integer, got a boolean")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, Decimal) and value == value.to_integral_value():
-        return int(value)
-    raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return parse_int(value)
 
 
 def _strict_bool(value: Any, _: type) -> bool:
@@ -207,6 +258,8 @@ def decode(
             provider=provider,
             record_id=record_id,
             path=where,
-        ) from exc
-    except (TypeError, ValueError, KeyError) as exc:  # defensive: a hook outside validation
-        raise DecodeError(str(exc), provider=provider, record_id=record_id, path=path) from exc
+        ) from safe_cause(exc)
+    except (TypeError, ValueError, KeyError, ArithmeticError) as exc:  # a hook outside validation
+        raise DecodeError(
+            str(exc), provider=provider, record_id=record_id, path=path
+        ) from safe_cause(exc)

@@ -8,6 +8,7 @@ Every failure the SDK raises is a :class:`CloseOppsError`:
   status, the vendor's code and message, the response headers and body, and the request id.
 - :class:`TransportError`: no usable answer came back (connection refused or dropped, timeout,
   refused redirect). :class:`APITimeoutError` is the timeout case.
+- :class:`ClientClosedError`: the adapter was used after ``aclose()`` (or its ``async with``).
 - :class:`DecodeError`: an answer came back but does not match the vendor's contract (not JSON,
   an HTML page, a record with a missing or mistyped field).
 - :class:`PaginationError`: a listing cannot continue without losing or repeating records.
@@ -27,10 +28,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from close_opps._redact import redact, redact_data
+
 __all__ = [
     "APIError",
     "APITimeoutError",
     "AuthenticationError",
+    "ClientClosedError",
     "CloseOppsError",
     "DecodeError",
     "EndpointNotFoundError",
@@ -53,11 +57,15 @@ __all__ = [
 class CloseOppsError(Exception):
     """Root of every error close-opps raises.
 
+    Every string an error holds (message, vendor code, request id, record id, path, headers,
+    body) has the API keys in use redacted, in every form they are sent in.
+
     Attributes:
         provider: the provider name (``"close"``, ``"getraze"``, ...) the error came from.
     """
 
     def __init__(self, message: str, *, provider: str) -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.provider = provider
@@ -92,10 +100,10 @@ class APIError(CloseOppsError):
     ) -> None:
         super().__init__(message, provider=provider)
         self.status = status
-        self.code = code
-        self.headers: Mapping[str, str] = dict(headers or {})
-        self.body = body
-        self.request_id = request_id
+        self.code = redact(code) if code is not None else None
+        self.headers: Mapping[str, str] = redact_data(dict(headers or {}))
+        self.body = redact_data(body)
+        self.request_id = redact(request_id) if request_id is not None else None
 
     def __str__(self) -> str:
         code = f" {self.code}" if self.code else ""
@@ -153,7 +161,7 @@ class InvalidRequestError(APIError):
         **kwargs: Any,
     ) -> None:
         super().__init__(message, **kwargs)
-        self.field_errors: Mapping[str, str] = dict(field_errors or {})
+        self.field_errors: Mapping[str, str] = redact_data(dict(field_errors or {}))
         self.max_page_size = max_page_size
         self.offset_too_large = offset_too_large
         self.max_offset = max_offset
@@ -195,6 +203,11 @@ class APITimeoutError(TransportError):
     """The request did not complete within the adapter's timeout."""
 
 
+class ClientClosedError(CloseOppsError):
+    """The adapter (or the HTTP session it was given) is closed, or belongs to an event loop
+    that has ended. Never retried: create a new adapter."""
+
+
 class DecodeError(CloseOppsError):
     """A response does not match the vendor's contract.
 
@@ -212,8 +225,8 @@ class DecodeError(CloseOppsError):
         path: str | None = None,
     ) -> None:
         super().__init__(message, provider=provider)
-        self.record_id = record_id
-        self.path = path
+        self.record_id = redact(record_id) if record_id is not None else None
+        self.path = redact(path) if path is not None else None
 
     def __str__(self) -> str:
         record = f" record {self.record_id!r}" if self.record_id else ""

@@ -28,7 +28,6 @@ import base64
 import binascii
 import hashlib
 import json
-import logging
 import re
 import uuid
 import zlib
@@ -40,6 +39,7 @@ from typing import Any, Final, Self
 
 import attrs
 
+from close_opps._redact import get_logger
 from close_opps._tasks import fetch_in_order
 from close_opps.changes import Change
 from close_opps.errors import InvalidCursorError, MassDeletionError
@@ -58,7 +58,7 @@ __all__ = [
     "fingerprint",
 ]
 
-logger = logging.getLogger("close_opps.feed")
+logger = get_logger("close_opps.feed")
 
 #: The cursor format this release writes (and the newest it reads).
 CURSOR_VERSION: Final = 1
@@ -176,6 +176,8 @@ def decode_cursor(cursor: str, *, provider: str) -> FeedState:
         raise bad(f"issued by the {header.get('p')!r} feed, not {provider!r}'s")
     try:
         count = int(header["n"])
+        if not 0 <= count <= len(raw):  # each id takes at least a byte: no huge allocation
+            raise ValueError("id count")
         checkpoint = datetime.fromisoformat(header["t"]) if header.get("t") else None
         resume_after = datetime.fromisoformat(header["r"]) if header.get("r") else None
         for moment in (checkpoint, resume_after):

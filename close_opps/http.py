@@ -13,6 +13,7 @@ import email.utils
 import ipaddress
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -28,22 +29,28 @@ import stamina
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from close_opps._budget import budget_for
 from close_opps._constants import (
     BACKOFF_INITIAL,
     BACKOFF_JITTER,
     BACKOFF_MAX,
+    DEFAULT_CONCURRENCY,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_RETRY_WAIT,
     DEFAULT_TIMEOUT,
+    MAX_JSON_DEPTH,
+    MAX_JSON_INT_DIGITS,
     MAX_REDIRECTS,
     MIN_SERVER_WAIT,
     OFFLOAD_BYTES,
     RETRYABLE_STATUSES,
     USER_AGENT,
 )
+from close_opps._redact import get_logger, redact, register, safe_cause
 from close_opps.errors import (
     APIError,
     APITimeoutError,
+    ClientClosedError,
     DecodeError,
     EndpointNotFoundError,
     InvalidRequestError,
@@ -73,7 +80,7 @@ __all__ = [
     "validate_proxy_url",
 ]
 
-logger = logging.getLogger("close_opps.http")
+logger = get_logger("close_opps.http")
 
 #: Set while :meth:`Transport.send` runs its retry loop, so that stamina's own
 #: ``stamina.retry_scheduled`` record for the same retry is dropped (ours says it once).
@@ -94,25 +101,31 @@ logging.getLogger("stamina").addFilter(_OurRetries())
 _REQUEST_ID_HEADERS: Final = ("X-Request-Id", "Request-Id", "X-Amzn-RequestId")
 #: Unix times are this large; smaller reset values are relative seconds.
 _EPOCH_THRESHOLD: Final = 1_000_000_000
+#: The largest figure a rate-limit or retry header may carry (about 300 years in seconds);
+#: a larger one is ignored like any unreadable header.
+_MAX_HEADER_NUMBER: Final = 1e10
 
 
 class Secret:
     """An API key that never shows itself in ``repr``, ``str`` or logs."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("__weakref__", "_forms", "_value")
 
     def __init__(self, value: str) -> None:
         if not isinstance(value, str) or not value.strip():
             raise ValueError("api_key must be a non-empty string")
         self._value = value
+        # From now on, every error, log record and CLI line is redacted of this key.
+        self._forms = register(self, value)
 
     def reveal(self) -> str:
         """The key itself, for building the auth header and nothing else."""
         return self._value
 
     def redact(self, text: str) -> str:
-        """``text`` with every occurrence of the key replaced by ``***``."""
-        return text.replace(self._value, "***")
+        """``text`` with every form of the key (raw, ``Bearer``, base64 of ``key:`` and of
+        ``key``, ``Basic``) replaced by ``***``."""
+        return redact(text, self._forms)
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -254,24 +267,35 @@ class RateLimit:
 
     @property
     def resets_at(self) -> datetime | None:
-        """The moment the window resets, when the server said."""
+        """The moment the window resets, when the server said (at most ``datetime.max``)."""
         if self.reset is None:
             return None
-        return datetime.fromtimestamp(self.observed_at.timestamp() + self.reset, UTC)
+        try:
+            return datetime.fromtimestamp(self.observed_at.timestamp() + self.reset, UTC)
+        except (OverflowError, ValueError, OSError):
+            return datetime.max.replace(tzinfo=UTC)
 
 
-def _number(text: str | None) -> float | None:
+def _number(text: str | None, name: str = "a rate-limit header") -> float | None:
+    """A header's non-negative finite number, or ``None`` (logged) when it is not one.
+
+    Figures above :data:`_MAX_HEADER_NUMBER` are refused too: no rate-limit figure is that
+    large, and a reset that far away cannot be a date.
+    """
     if text is None:
         return None
     try:
         value = float(text.strip())
     except ValueError:
+        value = math.nan
+    if not (0 <= value <= _MAX_HEADER_NUMBER):  # NaN, infinities, negatives, absurd sizes
+        logger.debug("ignoring %s that is not a usable number: %r", name, _snippet(text, 40))
         return None
-    return value if value == value and value >= 0 else None  # NaN and negatives are noise
+    return value
 
 
 def _int(text: str | None) -> int | None:
-    value = _number(text)
+    value = _number(text, "a rate-limit figure")
     return int(value) if value is not None else None
 
 
@@ -321,7 +345,7 @@ def parse_rate_limit(headers: Mapping[str, str], *, now: float | None = None) ->
 
     limit = _int(figure("limit"))
     remaining = _int(figure("remaining"))
-    reset = _relative(_number(figure("reset")), now)
+    reset = _relative(_number(figure("reset"), "a rate-limit reset"), now)
     if limit is None and remaining is None and reset is None:
         return None
     return RateLimit(
@@ -359,12 +383,11 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
             return seconds
         try:
             when = email.utils.parsedate_to_datetime(retry_after)
-        except (TypeError, ValueError, IndexError):
-            when = None
-        if when is not None:
             if when.tzinfo is None:
                 when = when.replace(tzinfo=UTC)
             return max(0.0, when.timestamp() - now)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            logger.debug("ignoring an unreadable Retry-After: %r", _snippet(retry_after, 40))
     return _relative(_number(_first(headers, "X-Rate-Limit-Reset")), now)
 
 
@@ -529,20 +552,81 @@ def _snippet(text: str, size: int = 200) -> str:
     return text if len(text) <= size else text[:size] + "…"
 
 
+class _Unacceptable(ValueError):
+    """Valid JSON the SDK refuses (too deep, a lone surrogate, a non-standard constant)."""
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise _Unacceptable(f"an integer of {len(text)} digits (at most {MAX_JSON_INT_DIGITS})")
+    return int(text)
+
+
+def _parse_constant(name: str) -> Any:
+    raise _Unacceptable(f"{name} is not a JSON number")
+
+
+def _check_tree(data: Any) -> None:
+    """Refuse nesting deeper than :data:`MAX_JSON_DEPTH` and strings (values or keys) holding
+    a lone surrogate (legal as a JSON escape, but no UTF-8 text, file or database holds it).
+
+    Iterative and linear in the size of ``data``.
+    """
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise _Unacceptable(
+                        "a string holds a lone surrogate (\\ud800-\\udfff)"
+                    ) from None
+        elif isinstance(value, (dict, list)):
+            if depth >= MAX_JSON_DEPTH:
+                raise _Unacceptable(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    stack.append((key, depth + 1))
+                    stack.append((item, depth + 1))
+            else:
+                stack.extend((item, depth + 1) for item in value)
+
+
+def load_json(body: bytes) -> Any:
+    """``body`` parsed as JSON; ``ValueError`` for what is not JSON or is refused."""
+    try:
+        data = json.loads(
+            body, parse_float=Decimal, parse_int=_parse_int, parse_constant=_parse_constant
+        )
+    except RecursionError:
+        raise _Unacceptable(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    _check_tree(data)
+    return data
+
+
 def parse_json(body: bytes, *, provider: str, api_key: Secret | None = None) -> Any:
     """``body`` parsed as JSON, numbers with a fraction as exact :class:`~decimal.Decimal`.
 
     A body that is not JSON is a :class:`DecodeError` quoting its start (with ``api_key``
-    redacted).
+    redacted), and so is JSON the SDK refuses: nesting deeper than
+    :data:`~close_opps._constants.MAX_JSON_DEPTH`, integers longer than
+    :data:`~close_opps._constants.MAX_JSON_INT_DIGITS` digits, ``NaN``/``Infinity``, and
+    strings holding a lone surrogate. The cost is linear in the size of ``body``.
     """
     try:
-        return json.loads(body, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        return load_json(body)
+    except (ValueError, UnicodeDecodeError) as exc:
         text = _snippet(body[:200].decode("utf-8", "replace"))
         if api_key is not None:
             text = api_key.redact(text)
+        if isinstance(exc, _Unacceptable):
+            reason = f"it is JSON the SDK refuses: {exc}"
+        else:
+            reason = f"it is not JSON ({exc.__class__.__name__})"
         raise DecodeError(
-            f"the response body is not JSON ({exc.__class__.__name__}): {text!r}",
+            f"the response body cannot be read: {reason}: {text!r}",
             provider=provider,
         ) from None
 
@@ -605,6 +689,7 @@ class Transport:
         max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
         proxy: str | None = None,
         user_agent: str | None = None,
+        max_in_flight: int = DEFAULT_CONCURRENCY,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive: requests always time out")
@@ -621,21 +706,35 @@ class Transport:
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
         self.rate_limit: RateLimit | None = None
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.proxy = validate_proxy_url(proxy) if proxy is not None else None
         if user_agent is not None and (not isinstance(user_agent, str) or not user_agent.strip()):
             raise ValueError("user_agent must be a non-empty string")
         self._user_agent = user_agent.strip() if user_agent else None
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.max_in_flight = max_in_flight
 
     @property
     def provider(self) -> str:
         """The provider this transport talks to."""
         return self.dialect.provider
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` has run: the transport sends nothing more."""
+        return self._closed
+
     async def aclose(self) -> None:
-        """Close the session if this transport created it."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the session if this transport created it; refuse every request from now on.
+
+        A request in flight fails with :class:`ClientClosedError` and is not retried.
+        """
+        self._closed = True
+        session, self._session = self._session, None
+        if self._owns_session and session is not None and not session.closed:
+            await session.close()
 
     def _user_agent_for(self, session: aiohttp.ClientSession) -> str:
         """The caller's session's ``User-Agent`` (else ours), then ``user_agent``."""
@@ -643,12 +742,33 @@ class Transport:
         return f"{base} {self._user_agent}" if self._user_agent else base
 
     def _client(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise ClientClosedError(
+                "the adapter is closed (aclose() ran, or its `async with` ended); "
+                "create a new adapter",
+                provider=self.provider,
+            )
+        loop = asyncio.get_running_loop()
         if self._session is None:
             host = yarl.URL(self.base_url).host or ""
             self._session = aiohttp.ClientSession(trust_env=not _is_loopback(host))
+            self._loop = loop
         elif self._session.closed:
-            raise TransportError("the aiohttp session is closed", provider=self.provider)
+            raise ClientClosedError("the aiohttp session is closed", provider=self.provider)
+        elif self._owns_session and self._loop is not loop:
+            raise ClientClosedError(
+                "the adapter was first used in another event loop (another asyncio.run()); "
+                "create one adapter per event loop, and close it with aclose() or `async with`",
+                provider=self.provider,
+            )
         return self._session
+
+    def _closed_error(self, request: Request, exc: BaseException) -> ClientClosedError:
+        return ClientClosedError(
+            f"{request.method} {request.path} was abandoned: the adapter was closed while "
+            f"it was in flight ({_describe(exc)})",
+            provider=self.provider,
+        )
 
     async def send(self, request: Request) -> Response:
         """Send ``request``, retrying a read on throttling, 5xx, timeouts and dropped connections.
@@ -664,6 +784,8 @@ class Transport:
 
         def on_failure(exc: Exception) -> bool | float:
             nonlocal failures
+            if self._closed:
+                return False
             failures += 1
             decision = retry_wait(exc, max_wait=self.max_retry_wait)
             if decision is False or failures > self.max_retries:
@@ -705,6 +827,39 @@ class Transport:
             "User-Agent": self._user_agent_for(session),
             **self.dialect.auth_headers(self._api_key),
         }
+        # Every transport using this key against this API in this loop shares one budget: it
+        # keeps requests within what the server's rate-limit figures allow.
+        budget = budget_for(
+            self.provider,
+            self.base_url,
+            self._api_key.reveal(),
+            max_in_flight=self.max_in_flight,
+        )
+        await budget.acquire(max_wait=self.max_retry_wait)
+        figures: list[RateLimit] = []  # the answer's rate-limit figures, when it had some
+        throttled: RateLimitError | None = None
+        try:
+            return await self._exchange(request, session, headers, url, figures)
+        except RateLimitError as exc:
+            throttled = exc
+            raise
+        finally:
+            await budget.release(
+                figures[0] if figures else None,
+                throttled=throttled is not None,
+                retry_after=throttled.retry_after if throttled is not None else None,
+            )
+
+    async def _exchange(
+        self,
+        request: Request,
+        session: aiohttp.ClientSession,
+        headers: Mapping[str, str],
+        url: yarl.URL,
+        figures: list[RateLimit],
+    ) -> Response:
+        """One request and its answer, read into data or a typed error (its rate-limit
+        figures appended to ``figures``)."""
         started = time.monotonic()
         try:
             for _ in range(MAX_REDIRECTS + 1):
@@ -724,8 +879,16 @@ class Transport:
                     location = resp.headers.get("Location")
                 if not (300 <= status < 400 and location):
                     break
-                target = url.join(yarl.URL(location))
-                if not _same_origin(url, target):
+                try:
+                    target = url.join(yarl.URL(location))
+                    same_origin = _same_origin(url, target)
+                except ValueError:  # "http://[::1", a port out of range, ...
+                    raise TransportError(
+                        f"{request.method} {request.path} was redirected to an unreadable "
+                        f"location ({_snippet(location, 80)!r}); not followed",
+                        provider=self.provider,
+                    ) from None
+                if not same_origin:
                     raise TransportError(
                         f"{request.method} {request.path} was redirected to another origin "
                         f"({target.scheme}://{target.host}); not followed, so the API key is not "
@@ -739,15 +902,32 @@ class Transport:
                     provider=self.provider,
                 )
         except TimeoutError as exc:
+            if self._closed:
+                raise self._closed_error(request, exc) from safe_cause(exc)
             raise APITimeoutError(
                 f"{request.method} {request.path} timed out after {self.timeout:g} s",
                 provider=self.provider,
-            ) from exc
+            ) from safe_cause(exc)
         except aiohttp.ClientError as exc:
+            if self._closed:
+                raise self._closed_error(request, exc) from safe_cause(exc)
             raise TransportError(
                 f"{request.method} {request.path} failed: {_describe(exc)}",
                 provider=self.provider,
-            ) from exc
+            ) from safe_cause(exc)
+        except RuntimeError as exc:  # aiohttp's "Session is closed", asyncio's "loop is closed"
+            if self._closed:
+                raise self._closed_error(request, exc) from safe_cause(exc)
+            raise ClientClosedError(
+                f"{request.method} {request.path} cannot be sent: {_describe(exc)}",
+                provider=self.provider,
+            ) from safe_cause(exc)
+        if self._closed:  # closed while the answer was read: drop it, as promised
+            raise ClientClosedError(
+                f"{request.method} {request.path} was abandoned: the adapter was closed while "
+                "it was in flight",
+                provider=self.provider,
+            )
 
         logger.debug(
             "%s: %s %s -> %s in %.3f s",
@@ -760,6 +940,7 @@ class Transport:
         rate_limit = parse_rate_limit(resp_headers)
         if rate_limit is not None:
             self.rate_limit = rate_limit
+            figures.append(rate_limit)
         args = (self.dialect, status, resp_headers, body)
         if len(body) > OFFLOAD_BYTES:  # keep the event loop responsive while a big body parses
             data = await asyncio.to_thread(decipher_response, *args, api_key=self._api_key)

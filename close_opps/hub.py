@@ -15,13 +15,13 @@ See ``docs/hub.md``.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Literal, Self
 
 import attrs
 
+from close_opps._redact import get_logger
 from close_opps._tasks import aclose_iterator, cancel_and_wait
 from close_opps.adapters.base import BaseAdapter
 from close_opps.errors import CloseOppsError
@@ -29,7 +29,7 @@ from close_opps.model import Opportunity
 
 __all__ = ["TASK_PREFIX", "OnError", "OpportunityHub"]
 
-logger = logging.getLogger("close_opps.hub")
+logger = get_logger("close_opps.hub")
 
 #: What :meth:`OpportunityHub.list` does when a provider fails.
 OnError = Literal["raise", "skip"]

@@ -94,10 +94,23 @@ for _name in (
 del _name
 
 
+#: JSON's scalar types (and Decimal, which exact parsing gives): nothing to freeze.
+_SCALARS: frozenset[type] = frozenset({str, int, float, bool, Decimal, type(None)})
+
+
 def freeze(value: Any) -> Any:
     """``value`` read-only all the way down: mappings become :class:`FrozenDict`, lists
     :class:`FrozenList`, tuples and sets keep their (immutable) kind with frozen items;
-    anything else is returned as is."""
+    anything else is returned as is. A :class:`FrozenDict` or :class:`FrozenList` (made by
+    this function) is returned as it is."""
+    kind = type(value)
+    # Fast paths for what JSON decoding gives: every record's raw form goes through here.
+    if kind in _SCALARS or kind is FrozenDict or kind is FrozenList:
+        return value
+    if kind is dict:
+        return FrozenDict({k: v if type(v) in _SCALARS else freeze(v) for k, v in value.items()})
+    if kind is list:
+        return FrozenList([v if type(v) in _SCALARS else freeze(v) for v in value])
     if isinstance(value, Mapping):
         return FrozenDict({k: freeze(v) for k, v in value.items()})
     if isinstance(value, list):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import logging
 import math
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from contextlib import aclosing
@@ -42,6 +41,7 @@ from close_opps._constants import (
     REREAD_BUDGET_FACTOR,
     REREAD_BUDGET_MIN,
 )
+from close_opps._redact import get_logger
 from close_opps._tasks import fetch_in_order
 from close_opps.errors import IncompleteListingError, InvalidRequestError, PaginationError
 from close_opps.http import Request, Response
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Page", "PageRequest", "Pager", "PagingPolicy", "ParsedPage"]
 
-logger = logging.getLogger("close_opps.paging")
+logger = get_logger("close_opps.paging")
 
 
 @attrs.frozen(kw_only=True)

@@ -13,11 +13,11 @@ after which ``close_opps.connect("acme", api_key=...)`` works. See ``docs/adapte
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Iterable
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final
 
+from close_opps._redact import get_logger
 from close_opps.adapters.base import BaseAdapter
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ENTRY_POINT_GROUP", "adapter_class", "connect", "providers"]
 
-logger = logging.getLogger("close_opps.registry")
+logger = get_logger("close_opps.registry")
 
 #: The entry-point group third-party adapters register in.
 ENTRY_POINT_GROUP: Final = "close_opps.adapters"

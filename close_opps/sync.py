@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 import os
 import sqlite3
 import uuid
@@ -32,10 +31,11 @@ from typing import Any, Final, Self, TypeVar
 
 import attrs
 
+from close_opps._redact import get_logger, safe_cause
 from close_opps.adapters.base import BaseAdapter
 from close_opps.changes import Change, ChangeKind
 from close_opps.connections import Connection
-from close_opps.errors import CloseOppsError
+from close_opps.errors import CloseOppsError, DecodeError
 from close_opps.feed import DEFAULT_MAX_DELETION_SHARE, Clock, check_mass_deletion, decode_cursor
 from close_opps.hub import OpportunityHub
 from close_opps.model import Opportunity
@@ -52,7 +52,7 @@ __all__ = [
     "sync",
 ]
 
-logger = logging.getLogger("close_opps.sync")
+logger = get_logger("close_opps.sync")
 
 T = TypeVar("T")
 
@@ -247,8 +247,31 @@ def _dumps(value: Any, *, sort_keys: bool = False) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
 
 
+#: SQLite's INTEGER range.
+_SQLITE_INT: Final = range(-(2**63), 2**63)
+
+
 def _row(connection: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
-    """The ``opportunities`` row of ``opp`` (``first_synced_at`` and ``synced_at`` = now)."""
+    """The ``opportunities`` row of ``opp`` (``first_synced_at`` and ``synced_at`` = now).
+
+    Raises:
+        DecodeError: the record holds what SQLite cannot store (text that is not UTF-8, an
+            integer beyond 64 bits). The adapters refuse such records when they decode them;
+            this is the last line for records built elsewhere.
+    """
+    try:
+        return _build_row(connection, opp, now)
+    except (UnicodeError, OverflowError, ValueError, TypeError, RecursionError) as exc:
+        raise DecodeError(
+            f"the record cannot be stored: {type(exc).__name__}: {exc}",
+            provider=connection,
+            record_id=opp.id if isinstance(opp.id, str) else None,
+        ) from safe_cause(exc)
+
+
+def _build_row(connection: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
+    if opp.confidence is not None and opp.confidence not in _SQLITE_INT:
+        raise OverflowError(f"confidence {opp.confidence} is beyond SQLite's 64-bit integers")
     record = opportunity_to_dict(opp)
     raw = record.pop("raw", {})
     record_json = _dumps(record)

@@ -26,20 +26,18 @@ import enum
 import hashlib
 import hmac
 import inspect
-import json
-import logging
 import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, Final
 
 import attrs
 from aiohttp import web
 
 from close_opps._decoding import parse_datetime
+from close_opps._redact import get_logger
 from close_opps.adapters._close_webhooks import (
     DEFAULT_WEBHOOK_EVENTS,
     CreatedWebhook,
@@ -50,7 +48,7 @@ from close_opps.adapters._close_webhooks import (
 from close_opps.adapters.close import close_to_opportunity
 from close_opps.changes import Change, ChangeKind
 from close_opps.errors import DecodeError, NotFoundError, WebhookSignatureError
-from close_opps.http import Secret
+from close_opps.http import Secret, load_json
 from close_opps.model import Opportunity
 
 __all__ = [
@@ -75,7 +73,7 @@ __all__ = [
     "verify_close_signature",
 ]
 
-logger = logging.getLogger("close_opps.webhooks")
+logger = get_logger("close_opps.webhooks")
 
 PROVIDER: Final = "close"
 #: The header carrying the hex HMAC-SHA256 of timestamp + body.
@@ -236,8 +234,8 @@ class CloseDelivery:
 def _load(body: bytes | str | Mapping[str, Any]) -> Any:
     if isinstance(body, Mapping):
         return body
-    try:
-        return json.loads(body, parse_float=Decimal)
+    try:  # the SDK's one JSON reader: no deep nesting, huge integers or lone surrogates
+        return load_json(body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(
             f"the delivery body is not JSON ({type(exc).__name__})", provider=PROVIDER, path="$"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +16,10 @@ import pytest
 import stamina
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# dlt (tests/test_dlt.py, docs/dlt.md) sends anonymous usage telemetry by default: no test
+# may reach the network. Set before any pipeline is made (and inherited by subprocesses).
+os.environ["RUNTIME__DLTHUB_TELEMETRY"] = "false"
 
 
 def _patch_aioresponses_for_aiohttp_314() -> None:

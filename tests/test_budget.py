@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from close_opps import RateLimitError
+from close_opps import CloseAdapter, RateLimitError
 from close_opps._budget import RateBudget, budget_for
 from close_opps.http import RateLimit
+from close_opps.sandbox import CloseOptions, RateLimitPolicy, Sandbox
 
 
 class FakeTime:
@@ -102,3 +103,23 @@ async def test_one_budget_per_key_origin_and_loop() -> None:
     assert one.max_in_flight == 8
     assert budget_for("close", "https://api.close.com", "k2", max_in_flight=4) is not one
     assert budget_for("close", "http://127.0.0.1:1", "k1", max_in_flight=4) is not one
+
+
+async def test_adapters_sharing_a_key_share_its_budget_over_a_real_server() -> None:
+    """Two Close adapters with one key list at once against a limit of 20 requests per
+    0.2 s window: the budget keeps them under it, so the server answers no 429."""
+    options = CloseOptions(records=600, rate_limit=RateLimitPolicy(limit=20, window=0.2))
+    async with Sandbox(seed=3, vendors=["close"], close=options) as sb:
+        adapters = [
+            CloseAdapter(sb.close.api_key, base_url=sb.close.base_url, page_size=10, max_retries=0)
+            for _ in range(2)
+        ]
+        async with adapters[0], adapters[1]:
+            counts = await asyncio.gather(*(collect(adapter) for adapter in adapters))
+        # max_retries=0: a single 429 would have failed a listing.
+        assert counts == [600, 600]
+        assert sb.close.request_count == 2 * 60
+
+
+async def collect(adapter: CloseAdapter) -> int:
+    return sum([1 async for _ in adapter.list()])

@@ -137,6 +137,7 @@ def _python(
     block: Block, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # files an example writes (a sync database) land here
+    monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path / "dlt"))  # dlt's pipelines, not ~/.dlt
     code = _real_ids(block.code, sandbox).replace('api_key="..."', f'api_key="{KEY}"')
     if re.search(r"^(async )?def test_", code, re.M):
         path = tmp_path / "test_block.py"
@@ -208,6 +209,7 @@ def _commands(block: Block) -> Iterator[tuple[str, bool]]:
 
 def _shell(block: Block, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path / "dlt"))
     for command, fails in _commands(block):
         command = _real_ids(command, sandbox)
         command = re.split(r"\s[|>]\s|\s#\s", command)[0]

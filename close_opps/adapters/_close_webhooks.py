@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import json
-import logging
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -18,6 +17,7 @@ import attrs
 import stamina
 
 from close_opps._constants import BACKOFF_INITIAL, BACKOFF_JITTER, BACKOFF_MAX
+from close_opps._redact import get_logger
 from close_opps.errors import (
     DecodeError,
     NotFoundError,
@@ -36,7 +36,7 @@ __all__ = [
     "WebhookSubscription",
 ]
 
-logger = logging.getLogger("close_opps.close")
+logger = get_logger("close_opps.close")
 
 _PROVIDER: Final = "close"
 _LIST_PAGE: Final = 100

@@ -15,7 +15,6 @@ Pure functions of decoded JSON; no I/O.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, time
@@ -25,7 +24,8 @@ from typing import Any, Final
 
 import attrs
 
-from close_opps._decoding import parse_date, parse_datetime, parse_decimal
+from close_opps._decoding import parse_date, parse_datetime, parse_decimal, parse_int
+from close_opps._redact import get_logger
 from close_opps.errors import DecodeError
 from close_opps.model import Money, freeze
 
@@ -45,7 +45,7 @@ __all__ = [
     "decode_value",
 ]
 
-logger = logging.getLogger("close_opps.reevo")
+logger = get_logger("close_opps.reevo")
 
 PROVIDER: Final = "reevo"
 
@@ -293,10 +293,13 @@ def _stage(value: Any) -> Stage:
     elif probability is not None and not isinstance(probability, str):
         raise _ShapeError(f"expected a string, got {_kind(probability)}", ".closing_probability")
     days = obj.get("expected_days")
-    if isinstance(days, Decimal) and days == days.to_integral_value():
-        days = int(days)
-    if days is not None and (isinstance(days, bool) or not isinstance(days, int)):
-        raise _ShapeError(f"expected an integer, got {_kind(days)}", ".expected_days")
+    if days is not None:
+        try:
+            days = parse_int(days)
+        except TypeError:
+            raise _ShapeError(f"expected an integer, got {_kind(days)}", ".expected_days") from None
+        except ValueError as exc:
+            raise _ShapeError(str(exc), ".expected_days") from None
     return Stage(
         id=_opt_str(obj, "id"),
         display_value=_opt_str(obj, "display_value"),

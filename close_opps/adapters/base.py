@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 import inspect
-import logging
 import os
 import re
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
@@ -32,6 +31,7 @@ from close_opps._constants import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_TIMEOUT,
 )
+from close_opps._redact import get_logger
 from close_opps.changes import Change
 from close_opps.errors import NotFoundError
 from close_opps.feed import DEFAULT_MAX_DELETION_SHARE, ChangeFeed, Clock, FeedRun, decode_cursor
@@ -45,7 +45,7 @@ T = TypeVar("T")
 P = ParamSpec("P")
 R = TypeVar("R")
 
-logger = logging.getLogger("close_opps.adapters")
+logger = get_logger("close_opps.adapters")
 
 #: What ``status=`` accepts: one status (or its value, ``"won"``) or several.
 StatusArg = OpportunityStatus | str | Iterable[OpportunityStatus | str] | None
@@ -231,6 +231,7 @@ class BaseAdapter(abc.ABC):
             max_retry_wait=max_retry_wait,
             proxy=proxy,
             user_agent=user_agent,
+            max_in_flight=concurrency,
         )
 
     @classmethod

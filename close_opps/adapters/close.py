@@ -7,7 +7,6 @@ maximum ``_skip``.
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -20,6 +19,7 @@ import aiohttp
 import attrs
 
 from close_opps._decoding import decode, make_converter
+from close_opps._redact import get_logger
 from close_opps._tasks import fetch_in_order
 from close_opps.adapters._close_webhooks import CloseWebhooksMixin
 from close_opps.adapters.base import BaseAdapter, ListQuery
@@ -49,7 +49,7 @@ __all__ = [
     "parse_list_page",
 ]
 
-logger = logging.getLogger("close_opps.close")
+logger = get_logger("close_opps.close")
 
 PROVIDER: Final = "close"
 
@@ -646,7 +646,11 @@ class CloseAdapter(CloseWebhooksMixin, BaseAdapter):
         remaining = dict(wanted)
         page_size = self._page_size
         if math.ceil(len(wanted) / page_size) < len(wanted):
-            bound = min(wanted.values()) - _LISTING_MARGIN
+            oldest = min(wanted.values())
+            try:
+                bound = oldest - _LISTING_MARGIN
+            except OverflowError:  # an event dated at the very start of the calendar
+                bound = datetime.min.replace(tzinfo=UTC)
             async with aclosing(self.list(updated_since=bound)) as listing:
                 async for listed in listing:
                     remaining.pop(listed.id, None)

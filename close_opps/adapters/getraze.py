@@ -10,7 +10,6 @@ the mapping table, and for what ``updated_since`` and ``status`` cost.
 
 from __future__ import annotations
 
-import logging
 import math
 import uuid
 from collections.abc import Iterable, Mapping
@@ -21,6 +20,7 @@ from typing import Any, Final
 import attrs
 
 from close_opps._decoding import decode, make_converter
+from close_opps._redact import get_logger
 from close_opps.adapters.base import BaseAdapter, ListQuery
 from close_opps.errors import (
     APIError,
@@ -58,7 +58,7 @@ __all__ = [
     "parse_list_page",
 ]
 
-logger = logging.getLogger("close_opps.getraze")
+logger = get_logger("close_opps.getraze")
 
 PROVIDER: Final = "getraze"
 
@@ -194,7 +194,7 @@ def _seconds(value: Any) -> float | None:
         return None
     try:
         seconds = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number; an integer too large for a float
         return None
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 

@@ -9,7 +9,6 @@ a GET). Attribute values are decoded by ``value_type`` through the registry of
 from __future__ import annotations
 
 import enum
-import logging
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -20,6 +19,7 @@ from typing import Any, ClassVar, Final
 import attrs
 
 from close_opps._decoding import decode, make_converter
+from close_opps._redact import get_logger
 from close_opps.adapters._reevo_values import (
     VALUE_DECODERS,
     AccountDomain,
@@ -68,7 +68,7 @@ __all__ = [
     "reevo_to_opportunity",
 ]
 
-logger = logging.getLogger("close_opps.reevo")
+logger = get_logger("close_opps.reevo")
 
 PROVIDER: Final = "reevo"
 

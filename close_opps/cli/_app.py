@@ -41,6 +41,7 @@ from ._runtime import (
     redact_url,
     resolve_targets,
     run,
+    scrub,
     usage_error,
 )
 from ._webhooks import webhooks_app
@@ -367,7 +368,7 @@ async def _list(
                         total = page.total if fetch is None else min(page.total, fetch)
                         bar.update(task, total=total)
                     for opp in page.items:
-                        writer.write(opp)
+                        writer.write(scrub(opp))
                     bar.advance(task, len(page.items))
     writer.finish()
 
@@ -418,10 +419,10 @@ def get(
     )
     chosen = fmt or (render.RecordFormat.TABLE if sys.stdout.isatty() else None)
     if chosen is render.RecordFormat.TABLE:
-        render.print_record(opp)
+        render.print_record(scrub(opp))
     else:
         writer = render.make_writer(render.OutputFormat.JSONL, raw=raw)
-        writer.write(opp)
+        writer.write(scrub(opp))
         writer.finish()
 
 
@@ -687,6 +688,6 @@ def _announce(sandbox: "Sandbox") -> None:
     sys.stdout.flush()
 
 
-# The ``changes``, ``connections``, ``enqueue`` and ``worker`` commands live in their own
-# modules; importing them registers them on ``app``.
-from . import _changes, _connections  # noqa: E402, F401
+# The ``changes``, ``load``, ``connections``, ``enqueue`` and ``worker`` commands live in
+# their own modules; importing one registers it on ``app``.
+from . import _changes, _connections, _load  # noqa: E402, F401

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import sys
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from close_opps.model import Money, Opportunity, OpportunityStatus, Ref
 from close_opps.serialize import FlatColumn, flat_columns, jsonable, opportunity_to_json
@@ -77,6 +79,22 @@ def stdout_console() -> Console:
     if not console.is_terminal and not os.environ.get("COLUMNS"):
         console.width = PIPED_WIDTH
     return console
+
+
+def _escape_char(char: str) -> str:
+    if unicodedata.category(char) in ("Cc", "Cf"):  # controls, and bidi overrides (Cf)
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return char
+
+
+def screen_text(value: str) -> Text:
+    """``value`` for a table cell: taken literally (no rich markup: a record holding ``[/x]``
+    must not break the table) and with control and format characters shown as escapes, so
+    no record can move the cursor, clear the screen or reorder text on a terminal."""
+    if not value.isprintable():
+        value = "".join(_escape_char(c) for c in value)
+    return Text(value)
 
 
 # ------------------------------------------------------------------------- flattened columns
@@ -265,7 +283,7 @@ def _table(
                 justify="right" if column == "amount" else "left",
             )
     for index in range(rows):
-        table.add_row(*(cells[column][index] for column in columns))
+        table.add_row(*(screen_text(cells[column][index]) for column in columns))
     return table
 
 
@@ -325,7 +343,7 @@ def print_record(opportunity: Opportunity) -> None:
     table.add_column("field", no_wrap=True, style="bold")
     table.add_column("value", overflow="fold")
     for name, value in flatten(opportunity).items():
-        table.add_row(name, value)
+        table.add_row(name, screen_text(value))
     stdout_console().print(table)
 
 
@@ -403,7 +421,7 @@ def print_summary(summary: Summary) -> None:
     pipeline.add_column("open deals", justify="right")
     pipeline.add_column("value", justify="right")
     for currency, (count, value) in summary.open_by_currency.items():
-        pipeline.add_row(currency, str(count), f"{value:,}")
+        pipeline.add_row(screen_text(currency), str(count), f"{value:,}")
     console.print(pipeline)
     if summary.open_without_amount:
         console.print(f"({summary.open_without_amount} open deals have no amount)")

@@ -9,7 +9,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar, cast
 
 import attrs
 import typer
@@ -25,6 +25,7 @@ from rich.progress import (
 from typer.core import TyperCommand, TyperGroup
 
 from close_opps._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from close_opps._redact import forms_of, redact, redact_data
 from close_opps.adapters.base import BaseAdapter
 from close_opps.adapters.base import api_key_env as _adapter_key_env
 from close_opps.errors import CloseOppsError
@@ -53,6 +54,7 @@ __all__ = [
     "progress",
     "resolve_targets",
     "run",
+    "scrub",
     "usage_error",
 ]
 
@@ -85,11 +87,21 @@ def usage_error(message: str) -> CliError:
     return CliError(message, exit_code=EXIT_USAGE)
 
 
+def _forms() -> tuple[str, ...]:
+    """Every form of the keys of this invocation (they outlive their adapters here)."""
+    forms = {form for secret in _secrets for form in forms_of(secret)}
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
 def _redact(text: str) -> str:
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
+    """``text`` without any form (raw, base64, ``Basic``/``Bearer``) of a key in use."""
+    return redact(redact(text, _forms()))
+
+
+def scrub(value: T) -> T:
+    """A record (or any data) about to be printed, with every form of every key in use
+    replaced by ``***``: a server echoing a key into a record never puts it on screen."""
+    return cast("T", redact_data(redact_data(value, _forms())))
 
 
 def print_error(message: str) -> None:
