@@ -31,6 +31,7 @@ from typing import Any, Final, Self, TypeVar
 
 import attrs
 
+from close_opps import telemetry
 from close_opps._redact import get_logger, safe_cause
 from close_opps.adapters.base import BaseAdapter
 from close_opps.changes import Change, ChangeKind
@@ -845,6 +846,16 @@ class SyncStore:
         names = ("connection", "worker", "started_at", "finished_at", "outcome")
         return [dict(zip(names, row, strict=True)) for row in rows]
 
+    async def synced_at(self, connection: str) -> datetime | None:
+        """When ``connection``'s last complete sync committed, or ``None``."""
+        rows = await self._run(
+            lambda: self._query(
+                "SELECT synced_at FROM feed_cursors WHERE connection = ? AND complete = 1",
+                (connection,),
+            )
+        )
+        return datetime.fromisoformat(rows[0][0]) if rows else None
+
     async def last_synced(self) -> dict[str, datetime]:
         """When each connection's last complete sync committed (its cursor's time)."""
         rows = await self._run(
@@ -999,6 +1010,36 @@ class SyncError(CloseOppsError):
 
 
 async def _sync_provider(
+    name: str,
+    adapter: BaseAdapter,
+    store: SyncStore,
+    **options: Any,
+) -> SyncReport:
+    """One connection's run, in a ``close_opps.sync`` span, its requests tagged with it."""
+    token = telemetry.current_connection.set(name)
+    try:
+        with telemetry.sync_span(name, adapter.provider) as span:
+            before = await store.synced_at(name)
+            report = await _sync_one(name, adapter, store, **options)
+            telemetry.synced(
+                span,
+                name,
+                adapter.provider,
+                counts={
+                    "inserted": report.inserted,
+                    "updated": report.updated,
+                    "unchanged": report.unchanged,
+                    "deleted": report.deleted,
+                },
+                full_resync=report.full_resync,
+                lag=None if before is None else (datetime.now(UTC) - before).total_seconds(),
+            )
+            return report
+    finally:
+        telemetry.current_connection.reset(token)
+
+
+async def _sync_one(
     name: str,
     adapter: BaseAdapter,
     store: SyncStore,
