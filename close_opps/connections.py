@@ -109,8 +109,8 @@ class Connection:
     )
 
     async def api_key(self, resolver: KeyResolver | None = None) -> str:
-        """The connection's API key: from ``resolver(name)`` when given, else from its
-        variable (``key_env``, default ``<PROVIDER>_API_KEY``).
+        """The connection's API key: from its variable when it names one (``key_env``), else
+        from ``resolver(name)`` when given, else from ``<PROVIDER>_API_KEY``.
 
         Raises:
             ConnectionKeyError: the variable is unset or empty, or the resolver failed or

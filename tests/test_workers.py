@@ -13,16 +13,19 @@ import os
 import signal
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
+import procrastinate
 import psycopg
+import pytest
 
 from close_opps import connect, workers
 from close_opps.connections import Connection
-from close_opps.sandbox import Sandbox
+from close_opps.sandbox import Fault, Sandbox
 from close_opps.serialize import opportunity_to_dict
-from close_opps.sync import open_store
+from close_opps.sync import SyncError, open_store
 
 VENDORS = ("close", "getraze", "reevo")
 CONNECTIONS = 50
@@ -162,3 +165,80 @@ async def test_a_fleet_of_workers_survives_a_killed_one(postgres_url: str) -> No
                     proc.send_signal(signal.SIGTERM)
             codes = [await asyncio.wait_for(p.wait(), 30) for p in procs[1:]]
         assert codes == [0, 0], [await p.stderr.read() for p in procs[1:] if p.stderr]
+
+
+async def test_transient_failures_are_retried_and_others_are_not(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Sandbox(seed=3, records=5, vendors=["reevo"]) as sb:
+        monkeypatch.setenv("W_KEY", sb.reevo.api_key)
+        monkeypatch.setenv("W_BAD", "not-the-key")
+        async with open_store(postgres_url) as store:
+            await store.add_connection(
+                Connection(
+                    "down",
+                    "reevo",
+                    base_url=sb.reevo.base_url,
+                    key_env="W_KEY",
+                    options={"max_retries": 0},
+                )
+            )
+            await store.add_connection(
+                Connection("badkey", "reevo", base_url=sb.reevo.base_url, key_env="W_BAD")
+            )
+        await workers.ensure_schema(postgres_url)
+        app = workers.make_app(postgres_url)
+        task = app.tasks["close_opps.sync_connection"]
+        strategy = task.retry_strategy
+        assert isinstance(strategy, procrastinate.RetryStrategy)
+
+        def retry_at(exc: BaseException, attempts: int) -> datetime | None:
+            job: Any = SimpleNamespace(attempts=attempts)
+            decision = strategy.get_retry_decision(exception=exc, job=job)
+            return None if decision is None else decision.retry_at
+
+        transient = workers.TransientSyncError("503")
+        waits = [retry_at(transient, n) for n in range(workers.MAX_ATTEMPTS)]
+        assert all(w is not None for w in waits)
+        assert waits == sorted(w for w in waits if w is not None)  # longer each time
+        assert retry_at(transient, workers.MAX_ATTEMPTS) is None  # then it fails
+        assert retry_at(SyncError({}, {}), 0) is None  # not transient: no retry
+
+        sb.reevo.script(Fault.server_error(503))
+        with pytest.raises(workers.TransientSyncError):
+            await task.func(connection="down")
+        with pytest.raises(SyncError):
+            await task.func(connection="badkey")
+        assert await task.func(connection="down") == {
+            "inserted": 5,
+            "updated": 0,
+            "unchanged": 0,
+            "deleted": 0,
+        }
+        async with open_store(postgres_url) as store:
+            outcomes = [(r["connection"], r["outcome"]) for r in await store.runs()]
+        assert outcomes == [
+            ("badkey", "AuthenticationError"),
+            ("down", "ServerError"),
+            ("down", "ok"),
+        ]
+
+
+async def test_the_schedule_queues_connections_that_are_due(postgres_url: str) -> None:
+    async with Sandbox(seed=3, records=3, vendors=["getraze"]) as sb:
+        async with open_store(postgres_url) as store:
+            for name, every in (("fresh", 60), ("stale", 5), ("never", 5), ("manual", None)):
+                await store.add_connection(
+                    Connection(name, "getraze", base_url=sb.getraze.base_url, every_minutes=every)
+                )
+            for name in ("fresh", "stale"):
+                await store.set_cursor(name, "c")  # a complete sync, committed now
+        await workers.ensure_schema(postgres_url)
+        app = workers.make_app(postgres_url)
+        later = datetime.now(UTC) + timedelta(minutes=10)
+        async with app.open_async():
+            assert await workers.schedule_due(app, postgres_url, now=later) == ["never", "stale"]
+            # already waiting: not queued twice
+            assert await workers.schedule_due(app, postgres_url, now=later) == []
+            assert await workers.schedule_due(app, postgres_url) == []
+        assert (await _jobs(postgres_url)) == {"todo": 2}
