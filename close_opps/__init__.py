@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from close_opps._version import __version__
 from close_opps.changes import Change, ChangeKind
+from close_opps.connections import Connection, ConnectionKeyError, sync_connections
 from close_opps.errors import (
     APIError,
     APITimeoutError,
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from close_opps.http import RateLimit
     from close_opps.hub import OpportunityHub
     from close_opps.registry import adapter_class, connect, providers
-    from close_opps.sync import SyncError, SyncReport, SyncStore
+    from close_opps.sync import SyncError, SyncReport, SyncStore, open_store
 
 #: Names whose modules import aiohttp, sqlite3 and the rest: imported on first use, so
 #: ``import close_opps`` costs only what a program uses.
@@ -71,6 +72,7 @@ _LAZY: dict[str, str] = {
     "SyncError": "close_opps.sync",
     "SyncReport": "close_opps.sync",
     "SyncStore": "close_opps.sync",
+    "open_store": "close_opps.sync",
 }
 
 __all__ = [
@@ -84,6 +86,8 @@ __all__ = [
     "ClientClosedError",
     "CloseAdapter",
     "CloseOppsError",
+    "Connection",
+    "ConnectionKeyError",
     "Contact",
     "DecodeError",
     "EndpointNotFoundError",
@@ -115,7 +119,9 @@ __all__ = [
     "__version__",
     "adapter_class",
     "connect",
+    "open_store",
     "providers",
+    "sync_connections",
 ]
 
 

@@ -28,6 +28,7 @@ import attrs
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from close_opps import telemetry
 from close_opps._budget import budget_for
 from close_opps._constants import (
     BACKOFF_INITIAL,
@@ -802,6 +803,15 @@ class Transport:
             TransportError: no usable answer, after retries.
             DecodeError: the body is not JSON.
         """
+        # a span and metrics per request, retries included (close_opps.telemetry)
+        with telemetry.request(self.provider, request.method, request.path) as seen:
+            response = await self._send(request, seen)
+            seen.status = response.status
+            if self.rate_limit is not None:
+                seen.remaining = self.rate_limit.remaining
+            return response
+
+    async def _send(self, request: Request, seen: telemetry.RequestRecord) -> Response:
         import stamina  # imported on the first retried request: ~10 ms off `import`
 
         if not request.idempotent or not request.retry or self.max_retries == 0:
@@ -816,6 +826,7 @@ class Transport:
             decision = retry_wait(exc, max_wait=self.max_retry_wait)
             if decision is False or failures > self.max_retries:
                 return False  # the exception is the report: no log line
+            telemetry.retried(seen, self.provider, exc)
             wait = _backoff(failures) if decision is True else decision
             logger.info(
                 "%s: %s %s failed (%s); retrying in %.2f s (retry %d of %d)",

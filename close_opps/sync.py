@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -30,9 +31,11 @@ from typing import Any, Final, Self, TypeVar
 
 import attrs
 
+from close_opps import telemetry
 from close_opps._redact import get_logger, safe_cause
 from close_opps.adapters.base import BaseAdapter
 from close_opps.changes import Change, ChangeKind
+from close_opps.connections import Connection
 from close_opps.errors import CloseOppsError, DecodeError
 from close_opps.feed import DEFAULT_MAX_DELETION_SHARE, Clock, check_mass_deletion, decode_cursor
 from close_opps.hub import OpportunityHub
@@ -46,6 +49,7 @@ __all__ = [
     "SyncReport",
     "SyncStore",
     "UpsertCounts",
+    "open_store",
     "sync",
 ]
 
@@ -54,7 +58,7 @@ logger = get_logger("close_opps.sync")
 T = TypeVar("T")
 
 #: The store's schema version (``PRAGMA user_version``).
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 #: Name prefix of the per-provider sync tasks.
 TASK_PREFIX: Final = "close-opps-sync:"
 #: Most ``?`` parameters put in one ``IN (...)``.
@@ -113,7 +117,9 @@ _BOOKKEEPING: Final = (
     "synced_at",
     "deleted_at",  # version 3: NULL for a live record, else when it was deleted
 )
-_COLUMNS: Final = ("provider", "id", *_FLAT, *_BOOKKEEPING)
+#: Version 4 renamed the key's ``provider`` column to ``connection`` (the name the records
+#: were synced under) and added ``provider``: the CRM the record came from.
+_COLUMNS: Final = ("connection", "id", "provider", *_FLAT, *_BOOKKEEPING)
 _JSON_COLUMNS: Final = frozenset({"record", "raw"})
 
 #: Statements taking the schema from version ``n - 1`` to ``n``, for each ``n``.
@@ -150,6 +156,46 @@ _MIGRATIONS: Final[Mapping[int, Sequence[str]]] = {
         "    synced_at TEXT NOT NULL\n"
         ")",
     ),
+    4: (
+        "ALTER TABLE opportunities RENAME COLUMN provider TO connection",
+        "ALTER TABLE opportunities ADD COLUMN provider TEXT",
+        "UPDATE opportunities SET provider = "
+        "COALESCE(json_extract(record, '$.provider'), connection)",
+        "ALTER TABLE watermarks RENAME COLUMN provider TO connection",
+        "ALTER TABLE feed_cursors RENAME COLUMN provider TO connection",
+        "CREATE TABLE IF NOT EXISTS connections (\n"
+        "    name TEXT PRIMARY KEY,\n"
+        "    provider TEXT NOT NULL,\n"
+        "    base_url TEXT,\n"
+        "    key_env TEXT,\n"
+        "    every_minutes INTEGER,\n"
+        "    options TEXT NOT NULL,\n"
+        "    created_at TEXT NOT NULL\n"
+        ")",
+        # one row per sync of a connection by a worker: started, finished (NULL while it
+        # runs, or if its worker died), outcome ("ok" or the error's type)
+        "CREATE TABLE IF NOT EXISTS sync_runs (\n"
+        "    run_id TEXT PRIMARY KEY,\n"
+        "    connection TEXT NOT NULL,\n"
+        "    worker TEXT NOT NULL,\n"
+        "    started_at TEXT NOT NULL,\n"
+        "    finished_at TEXT,\n"
+        "    outcome TEXT\n"
+        ")",
+        "CREATE INDEX IF NOT EXISTS sync_runs_connection ON sync_runs (connection, started_at)",
+    ),
+}
+#: PostgreSQL's form of the statements that use SQLite's JSON functions (the rest is the same
+#: SQL in both): ``{sqlite statement: postgresql statement}``.
+_PG_FORMS: Final[Mapping[str, str]] = {
+    _MIGRATIONS[2][-1]: "UPDATE opportunities SET "  # noqa: S608 - constant names and paths
+    + ", ".join(
+        f"{name} = record::jsonb #>> '{{{path[2:].replace('.', ',')}}}'"
+        for name, path in _V2_COLUMNS[:3]
+    )
+    + ", custom_fields = (record::jsonb -> 'custom_fields')::text",
+    _MIGRATIONS[4][2]: "UPDATE opportunities SET "
+    "provider = COALESCE(record::jsonb ->> 'provider', connection)",
 }
 
 # The statements below are assembled from the constant column names above and ``?``
@@ -157,20 +203,20 @@ _MIGRATIONS: Final[Mapping[int, Sequence[str]]] = {
 _UPSERT: Final = (
     f"INSERT INTO opportunities ({', '.join(_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join('?' for _ in _COLUMNS)}) "
-    "ON CONFLICT (provider, id) DO UPDATE SET "
+    "ON CONFLICT (connection, id) DO UPDATE SET "
     + ", ".join(
         f"{name} = excluded.{name}"
         for name in _COLUMNS
-        if name not in ("provider", "id", "first_synced_at")
+        if name not in ("connection", "id", "first_synced_at")
     )
 )
 _SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM opportunities"  # noqa: S608
-_ORDER: Final = " ORDER BY provider, updated_at, id"
+_ORDER: Final = " ORDER BY connection, updated_at, id"
 
 
 def _select_hashes(count: int) -> str:
     marks = ", ".join("?" for _ in range(count))
-    where = f"WHERE provider = ? AND id IN ({marks})"
+    where = f"WHERE connection = ? AND id IN ({marks})"
     return "SELECT id, content_hash, deleted_at FROM opportunities " + where  # noqa: S608
 
 
@@ -206,7 +252,7 @@ def _dumps(value: Any, *, sort_keys: bool = False) -> str:
 _SQLITE_INT: Final = range(-(2**63), 2**63)
 
 
-def _row(provider: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
+def _row(connection: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
     """The ``opportunities`` row of ``opp`` (``first_synced_at`` and ``synced_at`` = now).
 
     Raises:
@@ -215,16 +261,16 @@ def _row(provider: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
             this is the last line for records built elsewhere.
     """
     try:
-        return _build_row(provider, opp, now)
+        return _build_row(connection, opp, now)
     except (UnicodeError, OverflowError, ValueError, TypeError, RecursionError) as exc:
         raise DecodeError(
             f"the record cannot be stored: {type(exc).__name__}: {exc}",
-            provider=provider,
+            provider=connection,
             record_id=opp.id if isinstance(opp.id, str) else None,
         ) from safe_cause(exc)
 
 
-def _build_row(provider: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
+def _build_row(connection: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
     if opp.confidence is not None and opp.confidence not in _SQLITE_INT:
         raise OverflowError(f"confidence {opp.confidence} is beyond SQLite's 64-bit integers")
     record = opportunity_to_dict(opp)
@@ -236,8 +282,9 @@ def _build_row(provider: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
     digest.update(_dumps(raw, sort_keys=True).encode())
     flat = flatten(opp)
     return (
-        provider,
+        connection,
         opp.id,
+        opp.provider,
         *(_sql_value(flat[name]) for name in _FLAT),
         record_json,
         _dumps(raw),
@@ -290,7 +337,7 @@ class SyncStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Any = None
 
     # ---------------------------------------------------------------------- lifecycle
 
@@ -317,23 +364,51 @@ class SyncStore:
             raise
         return self
 
+    #: What starts a write transaction (SQLite: take the write lock at once).
+    _BEGIN: str = "BEGIN IMMEDIATE"
+
     def _connect(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn = self._open_db()
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=5000")
             self._migrate(conn)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
 
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
+    def _open_db(self) -> Any:
+        """A new connection (in the store's thread), in autocommit mode: transactions are
+        begun explicitly."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _read_version(self, conn: Any) -> int:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        return int(version)
+
+    def _write_version(self, conn: Any, version: int) -> None:
+        conn.execute(f"PRAGMA user_version = {int(version)}")
+
+    def _statement(self, sql: str) -> str:
+        """A migration statement in this database's dialect."""
+        return sql
+
+    def _lock_connection(self, conn: Any, connection: str) -> None:
+        """Serialize the writes of ``connection`` across processes (SQLite's ``BEGIN
+        IMMEDIATE`` already serializes every writer)."""
+
+    def _migrate(self, conn: Any) -> None:
+        conn.execute(self._BEGIN)
+        try:
+            self._prepare_migration(conn)
+            version = self._read_version(conn)
             if version > SCHEMA_VERSION:
                 raise RuntimeError(
                     f"the store's schema version is {version}; this close-opps knows up to "
@@ -341,12 +416,15 @@ class SyncStore:
                 )
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS[target]:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {int(target)}")
+                    conn.execute(self._statement(statement))
+                self._write_version(conn, target)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _prepare_migration(self, conn: Any) -> None:
+        """Run first in the migration's transaction (PostgreSQL: its lock and version table)."""
 
     async def aclose(self) -> None:
         """Close the database (waits for the statement in progress, if any)."""
@@ -385,33 +463,34 @@ class SyncStore:
             raise RuntimeError("the store is not open: use `async with SyncStore(path) as store`")
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> Any:
         if self._conn is None:  # pragma: no cover - _run checks that the store is open
             raise RuntimeError("the store is not open")
         return self._conn
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._db().execute(sql, params).fetchall()
+        return list(self._db().execute(sql, params).fetchall())
 
     # -------------------------------------------------------------------------- reads
 
     async def schema_version(self) -> int:
-        """The database's ``PRAGMA user_version``."""
-        rows = await self._run(lambda: self._query("PRAGMA user_version"))
-        return int(rows[0][0])
+        """The database's schema version (SQLite: ``PRAGMA user_version``)."""
+        return await self._run(lambda: self._read_version(self._db()))
 
     async def watermark(self, provider: str) -> datetime | None:
         """The newest ``updated_at`` a complete run of ``provider`` committed (UTC), or
         ``None`` before the first complete run."""
         rows = await self._run(
-            lambda: self._query("SELECT updated_at FROM watermarks WHERE provider = ?", (provider,))
+            lambda: self._query(
+                "SELECT updated_at FROM watermarks WHERE connection = ?", (provider,)
+            )
         )
         return datetime.fromisoformat(rows[0][0]) if rows else None
 
     async def watermarks(self) -> dict[str, datetime]:
         """Every provider's watermark."""
         rows = await self._run(
-            lambda: self._query("SELECT provider, updated_at FROM watermarks ORDER BY provider")
+            lambda: self._query("SELECT connection, updated_at FROM watermarks ORDER BY connection")
         )
         return {provider: datetime.fromisoformat(text) for provider, text in rows}
 
@@ -434,7 +513,7 @@ class SyncStore:
         After an interrupted first run it is that run's checkpoint (see :meth:`cursor_complete`).
         """
         rows = await self._run(
-            lambda: self._query("SELECT cursor FROM feed_cursors WHERE provider = ?", (provider,))
+            lambda: self._query("SELECT cursor FROM feed_cursors WHERE connection = ?", (provider,))
         )
         return str(rows[0][0]) if rows else None
 
@@ -442,7 +521,9 @@ class SyncStore:
         """Whether ``provider``'s stored cursor is that of a run that ended (``False``: the
         checkpoint of an interrupted first run), or ``None`` without a cursor."""
         rows = await self._run(
-            lambda: self._query("SELECT complete FROM feed_cursors WHERE provider = ?", (provider,))
+            lambda: self._query(
+                "SELECT complete FROM feed_cursors WHERE connection = ?", (provider,)
+            )
         )
         return bool(rows[0][0]) if rows else None
 
@@ -451,7 +532,7 @@ class SyncStore:
         or ``None``."""
         rows = await self._run(
             lambda: self._query(
-                _SELECT + " WHERE provider = ? AND id = ?",
+                _SELECT + " WHERE connection = ? AND id = ?",
                 (provider, opportunity_id),
             )
         )
@@ -482,12 +563,16 @@ class SyncStore:
 
     def _upsert(self, provider: str, batch: list[Opportunity]) -> UpsertCounts:
         now = _stamp(datetime.now(UTC))
-        return self._transaction(lambda conn: self._write_upserts(conn, provider, batch, now))
+        return self._transaction(
+            lambda conn: self._write_upserts(conn, provider, batch, now), lock=provider
+        )
 
-    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _transaction(self, work: Callable[[Any], T], *, lock: str | None = None) -> T:
         conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(self._BEGIN)
         try:
+            if lock is not None:
+                self._lock_connection(conn, lock)
             result = work(conn)
             conn.execute("COMMIT")
         except BaseException:
@@ -497,7 +582,7 @@ class SyncStore:
 
     @staticmethod
     def _write_upserts(
-        conn: sqlite3.Connection, provider: str, batch: list[Opportunity], now: str
+        conn: Any, provider: str, batch: list[Opportunity], now: str
     ) -> UpsertCounts:
         rows = [_row(provider, opp, now) for opp in batch]
         ids = list(dict.fromkeys(str(row[_ID]) for row in rows))
@@ -530,7 +615,7 @@ class SyncStore:
 
     @staticmethod
     def _write_tombstones(
-        conn: sqlite3.Connection,
+        conn: Any,
         provider: str,
         deletions: Iterable[tuple[str, datetime | None]],
         now: str,
@@ -539,7 +624,7 @@ class SyncStore:
         for record_id, occurred_at in deletions:
             cursor = conn.execute(
                 "UPDATE opportunities SET deleted_at = ?, synced_at = ? "
-                "WHERE provider = ? AND id = ? AND deleted_at IS NULL",
+                "WHERE connection = ? AND id = ? AND deleted_at IS NULL",
                 (_stamp(occurred_at) if occurred_at else now, now, provider, record_id),
             )
             deleted += cursor.rowcount
@@ -547,14 +632,15 @@ class SyncStore:
 
     @staticmethod
     def _write_cursor(
-        conn: sqlite3.Connection, provider: str, cursor: str | None, complete: bool, now: str
+        conn: Any, provider: str, cursor: str | None, complete: bool, now: str
     ) -> None:
         if cursor is None:
-            conn.execute("DELETE FROM feed_cursors WHERE provider = ?", (provider,))
+            conn.execute("DELETE FROM feed_cursors WHERE connection = ?", (provider,))
             return
         conn.execute(
-            "INSERT INTO feed_cursors (provider, cursor, complete, synced_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (provider) DO UPDATE SET cursor = excluded.cursor, "
+            "INSERT INTO feed_cursors (connection, cursor, complete, synced_at) "
+            "VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (connection) DO UPDATE SET cursor = excluded.cursor, "
             "complete = excluded.complete, synced_at = excluded.synced_at",
             (provider, cursor, int(complete), now),
         )
@@ -579,7 +665,7 @@ class SyncStore:
         if not batch and cursor is None:
             return UpsertCounts()
 
-        def work(conn: sqlite3.Connection) -> UpsertCounts:
+        def work(conn: Any) -> UpsertCounts:
             now = _stamp(datetime.now(UTC))
             total = UpsertCounts()
             start = 0
@@ -600,7 +686,7 @@ class SyncStore:
                 self._write_cursor(conn, provider, cursor, complete, now)
             return total
 
-        return await self._run(lambda: self._transaction(work))
+        return await self._run(lambda: self._transaction(work, lock=provider))
 
     async def delete(self, provider: str, ids: Iterable[str], *, at: datetime | None = None) -> int:
         """Turn live records into tombstones (``deleted_at`` = ``at``, else now); returns
@@ -631,7 +717,7 @@ class SyncStore:
         """
         if value is None:
             await self._run(
-                lambda: self._execute("DELETE FROM watermarks WHERE provider = ?", provider)
+                lambda: self._execute("DELETE FROM watermarks WHERE connection = ?", provider)
             )
             await self.set_cursor(provider, None)
             return
@@ -639,8 +725,8 @@ class SyncStore:
             raise ValueError(f"the watermark must be timezone-aware, got {value!r}")
         await self._run(
             lambda: self._execute(
-                "INSERT INTO watermarks (provider, updated_at, synced_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (provider) DO UPDATE SET "
+                "INSERT INTO watermarks (connection, updated_at, synced_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (connection) DO UPDATE SET "
                 "updated_at = excluded.updated_at, synced_at = excluded.synced_at",
                 provider,
                 _stamp(value),
@@ -648,15 +734,190 @@ class SyncStore:
             )
         )
 
+    # -------------------------------------------------------------------- connections
+
+    async def add_connection(self, connection: Connection, *, replace: bool = False) -> None:
+        """Register ``connection`` (its key is not stored: only where it comes from).
+
+        Raises:
+            ValueError: a connection of that name exists (unless ``replace``).
+        """
+        row = (
+            connection.name,
+            connection.provider,
+            connection.base_url,
+            connection.key_env,
+            connection.every_minutes,
+            _dumps(dict(connection.options), sort_keys=True),
+            _stamp(datetime.now(UTC)),
+        )
+        sql = (
+            "INSERT INTO connections (name, provider, base_url, key_env, every_minutes, "
+            "options, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+        if replace:
+            sql += (
+                " ON CONFLICT (name) DO UPDATE SET provider = excluded.provider, "
+                "base_url = excluded.base_url, key_env = excluded.key_env, "
+                "every_minutes = excluded.every_minutes, options = excluded.options"
+            )
+        else:
+            sql += " ON CONFLICT (name) DO NOTHING"
+
+        def work(conn: Any) -> int:
+            return int(conn.execute(sql, row).rowcount)
+
+        if not await self._run(lambda: self._transaction(work)):
+            raise ValueError(f"a connection named {connection.name!r} exists already")
+
+    async def connections(self) -> list[Connection]:
+        """The registered connections, by name."""
+        rows = await self._run(lambda: self._query(_SELECT_CONNECTIONS + " ORDER BY name"))
+        return [_connection(row) for row in rows]
+
+    async def connection(self, name: str) -> Connection | None:
+        """The connection named ``name``, or ``None``."""
+        rows = await self._run(
+            lambda: self._query(_SELECT_CONNECTIONS + " WHERE name = ?", (name,))
+        )
+        return _connection(rows[0]) if rows else None
+
+    async def remove_connection(self, name: str, *, purge: bool = False) -> bool:
+        """Unregister ``name`` (whether it was registered). Its copy and sync state stay
+        unless ``purge``: then its records, cursor and watermark are deleted too."""
+
+        def work(conn: Any) -> bool:
+            found = conn.execute("DELETE FROM connections WHERE name = ?", (name,)).rowcount
+            if purge:
+                for table in ("opportunities", "feed_cursors", "watermarks"):
+                    conn.execute(f"DELETE FROM {table} WHERE connection = ?", (name,))  # noqa: S608
+            return bool(found)
+
+        return await self._run(lambda: self._transaction(work, lock=name))
+
+    async def hold_connection(self, connection: str) -> None:
+        """Wait until no other process holds ``connection``, then hold it until the store
+        is closed (PostgreSQL: a session advisory lock, released with the connection, so a
+        killed process releases it too; SQLite: nothing, its writers are serialized)."""
+        await self._run(lambda: self._hold(connection))
+
+    def _hold(self, connection: str) -> None:
+        """Nothing for SQLite."""
+
+    # ----------------------------------------------------------------------- sync runs
+
+    async def start_run(self, connection: str, worker: str) -> str:
+        """Record that ``worker`` starts syncing ``connection``; returns the run's id."""
+        run_id = uuid.uuid4().hex
+        now = _stamp(datetime.now(UTC))
+        await self._run(
+            lambda: self._execute(
+                "INSERT INTO sync_runs (run_id, connection, worker, started_at) "
+                "VALUES (?, ?, ?, ?)",
+                run_id,
+                connection,
+                worker,
+                now,
+            )
+        )
+        return run_id
+
+    async def finish_run(self, run_id: str, outcome: str) -> None:
+        """Record the end of a run (``outcome``: ``"ok"`` or the error's type)."""
+        now = _stamp(datetime.now(UTC))
+        await self._run(
+            lambda: self._execute(
+                "UPDATE sync_runs SET finished_at = ?, outcome = ? WHERE run_id = ?",
+                now,
+                outcome,
+                run_id,
+            )
+        )
+
+    async def runs(self, connection: str | None = None) -> list[dict[str, Any]]:
+        """The recorded sync runs (of ``connection``, or all), by connection and start."""
+        sql = "SELECT connection, worker, started_at, finished_at, outcome FROM sync_runs"
+        params: tuple[Any, ...] = ()
+        if connection is not None:
+            sql += " WHERE connection = ?"
+            params = (connection,)
+        sql += " ORDER BY connection, started_at"
+        rows = await self._run(lambda: self._query(sql, params))
+        names = ("connection", "worker", "started_at", "finished_at", "outcome")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    async def synced_at(self, connection: str) -> datetime | None:
+        """When ``connection``'s last complete sync committed, or ``None``."""
+        rows = await self._run(
+            lambda: self._query(
+                "SELECT synced_at FROM feed_cursors WHERE connection = ? AND complete = 1",
+                (connection,),
+            )
+        )
+        return datetime.fromisoformat(rows[0][0]) if rows else None
+
+    async def last_synced(self) -> dict[str, datetime]:
+        """When each connection's last complete sync committed (its cursor's time)."""
+        rows = await self._run(
+            lambda: self._query("SELECT connection, synced_at FROM feed_cursors WHERE complete = 1")
+        )
+        return {str(name): datetime.fromisoformat(stamp) for name, stamp in rows}
+
     def _execute(self, sql: str, *params: Any) -> None:
         self._db().execute(sql, params)  # autocommit: one statement, one transaction
+
+
+_SELECT_CONNECTIONS: Final = (
+    "SELECT name, provider, base_url, key_env, every_minutes, options FROM connections"
+)
+
+
+def _connection(row: Sequence[Any]) -> Connection:
+    name, provider, base_url, key_env, every, options = row
+    return Connection(
+        name=name,
+        provider=provider,
+        base_url=base_url,
+        key_env=key_env,
+        every_minutes=None if every is None else int(every),
+        options=json.loads(options),
+    )
+
+
+def open_store(url: str | os.PathLike[str]) -> SyncStore:
+    """The store at ``url`` (not yet open: ``async with open_store(url) as store``).
+
+    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite://:memory:``
+    or a plain path: a :class:`SyncStore`; ``postgresql://...`` (or ``postgres://``): a
+    :class:`~close_opps.pgstore.PostgresStore` (needs the ``postgres`` extra).
+
+    Raises:
+        ValueError: another scheme.
+    """
+    text = os.fspath(url)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return SyncStore(text)
+    scheme = scheme.lower()
+    if scheme == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest
+        if not path:
+            raise ValueError(f"a sqlite URL names a file: sqlite:///opps.db, got {text!r}")
+        return SyncStore(path)
+    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
+        from close_opps.pgstore import PostgresStore
+
+        return PostgresStore("postgresql://" + rest)
+    raise ValueError(
+        f"unknown database URL scheme {scheme!r}: use sqlite:///PATH or postgresql://..."
+    )
 
 
 def _where(sql: str, provider: str | None, include_deleted: bool) -> tuple[str, tuple[Any, ...]]:
     conditions = [] if include_deleted else ["deleted_at IS NULL"]
     params: tuple[Any, ...] = ()
     if provider is not None:
-        conditions.append("provider = ?")
+        conditions.append("connection = ?")
         params = (provider,)
     return (sql + " WHERE " + " AND ".join(conditions) if conditions else sql), params
 
@@ -749,6 +1010,36 @@ class SyncError(CloseOppsError):
 
 
 async def _sync_provider(
+    name: str,
+    adapter: BaseAdapter,
+    store: SyncStore,
+    **options: Any,
+) -> SyncReport:
+    """One connection's run, in a ``close_opps.sync`` span, its requests tagged with it."""
+    token = telemetry.current_connection.set(name)
+    try:
+        with telemetry.sync_span(name, adapter.provider) as span:
+            before = await store.synced_at(name)
+            report = await _sync_one(name, adapter, store, **options)
+            telemetry.synced(
+                span,
+                name,
+                adapter.provider,
+                counts={
+                    "inserted": report.inserted,
+                    "updated": report.updated,
+                    "unchanged": report.unchanged,
+                    "deleted": report.deleted,
+                },
+                full_resync=report.full_resync,
+                lag=None if before is None else (datetime.now(UTC) - before).total_seconds(),
+            )
+            return report
+    finally:
+        telemetry.current_connection.reset(token)
+
+
+async def _sync_one(
     name: str,
     adapter: BaseAdapter,
     store: SyncStore,

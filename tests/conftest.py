@@ -53,3 +53,20 @@ def _no_retry_sleeps() -> Iterator[None]:
 def load_fixture(name: str) -> Any:
     """A JSON fixture from ``tests/fixtures``."""
     return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A PostgreSQL server for the session (see ``tests/_postgres.py``)."""
+    from tests._postgres import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    from tests._postgres import new_database
+
+    return new_database(postgres_server_url)

@@ -67,6 +67,8 @@ PYTEST = (
     *("-o", "asyncio_mode=auto", "-o", "asyncio_default_fixture_loop_scope=function"),
 )
 NOT_RUN = ("pip ", "python3 -m venv", "python -m pip", "ruff ", "python -m pytest", "python bench")
+#: The docs' PostgreSQL URL: a fresh database of the tests' server stands in for it.
+DOC_POSTGRES = "postgresql://sync@db.internal/opps"
 
 
 @attrs.frozen
@@ -214,7 +216,11 @@ def _shell(block: Block, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.M
         args = shlex.split(command)[1:]
         if args[:2] == ["sandbox", "serve"]:
             continue  # runs until Ctrl-C: covered by tests/test_cli.py
+        if args[:1] == ["worker"]:
+            continue  # runs until stopped: covered by tests/test_cli_connections.py
         env = {k: v for k, v in os.environ.items() if k.endswith(("_API_KEY", "_BASE_URL"))}
+        # the key variables the block's connections name hold the sandbox's key
+        env.update(dict.fromkeys(re.findall(r"--key-env\s+(\w+)", block.code), KEY))
         # a failure shown in the docs happens in its own setting: no keys but its own
         result = invoke(args, env={} if fails else {**env, "COLUMNS": "120"})
         if fails:
@@ -225,10 +231,17 @@ def _shell(block: Block, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.M
 
 @pytest.mark.parametrize("block", ALL, ids=[b.id for b in ALL])
 def test_code_block_runs(
-    block: Block, at_sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    block: Block,
+    at_sandbox: Sandbox,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     if block.skipped:
         pytest.skip("marked <!-- docs-test: skip --> in the page")
+    if DOC_POSTGRES in block.code:
+        url = str(request.getfixturevalue("postgres_url"))
+        block = attrs.evolve(block, code=block.code.replace(DOC_POSTGRES, url))
     if block.language == "python":
         _python(block, at_sandbox, tmp_path, monkeypatch)
     elif block.language in ("bash", "sh", "text"):

@@ -18,6 +18,7 @@ import close_opps
 from close_opps import AuthenticationError, ServerError
 from close_opps.adapters.base import BaseAdapter
 from close_opps.hub import OpportunityHub
+from close_opps.pgstore import PostgresStore
 from close_opps.sandbox import Fault, Sandbox, VendorServer
 from close_opps.serialize import opportunity_to_dict
 from close_opps.sync import (
@@ -26,6 +27,7 @@ from close_opps.sync import (
     SyncError,
     SyncReport,
     SyncStore,
+    open_store,
     sync,
 )
 from tests.test_hub import FakeAdapter
@@ -51,9 +53,15 @@ async def hub(sb: Sandbox) -> AsyncIterator[OpportunityHub]:
         yield running
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SyncStore]:
-    async with SyncStore(tmp_path / "opps.db") as opened:
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SyncStore]:
+    """The store on each backend: the same semantics on both."""
+    url = (
+        f"sqlite:///{tmp_path / 'opps.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    async with open_store(url) as opened:
         yield opened
 
 
@@ -113,7 +121,7 @@ async def test_store_schema_wal_and_version(tmp_path: Path) -> None:
             "raw",
         } <= columns
         assert {row[1] for row in conn.execute("PRAGMA table_info(watermarks)")} >= {
-            "provider",
+            "connection",
             "updated_at",
         }
         conn.execute("PRAGMA user_version = 99")
@@ -192,6 +200,8 @@ async def test_amounts_are_stored_exactly(
     assert (await store.get("getraze", sb.getraze.ids[0]) or {})["amount"] == str(huge)
     # trailing zeros as the vendor sent them: text, never a float
     assert any(row["amount"].endswith(".00") for row in await store.rows("getraze"))
+    if isinstance(store, PostgresStore):  # the column is TEXT: PostgreSQL keeps it so
+        return
     with sqlite3.connect(store.path) as conn:
         kinds = {
             kind for (kind,) in conn.execute("SELECT DISTINCT typeof(amount) FROM opportunities")

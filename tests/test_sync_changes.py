@@ -23,16 +23,24 @@ from close_opps import BaseAdapter, IncompleteListingError, MassDeletionError, c
 from close_opps.paging import Pager
 from close_opps.sandbox import GetrazeOptions, ManualClock, Sandbox
 from close_opps.serialize import opportunity_to_dict
-from close_opps.sync import SCHEMA_VERSION, SyncError, SyncStore, sync
+from close_opps.sync import SCHEMA_VERSION, SyncError, SyncStore, open_store, sync
 
 START = datetime(2026, 7, 1, 9, tzinfo=UTC)
 PROVIDERS = ["close", "getraze", "reevo"]
 V1_FIXTURE = Path(__file__).parent / "fixtures" / "sync_v1.db"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The copy on each backend: the same semantics on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'copy.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @asynccontextmanager
 async def _setup(
-    provider: str, tmp_path: Path, *, records: int = 40, page_size: int = 20
+    provider: str, store_url: str, *, records: int = 40, page_size: int = 20
 ) -> AsyncIterator[tuple[Sandbox, ManualClock, BaseAdapter, SyncStore]]:
     clock = ManualClock(START)
     getraze = GetrazeOptions(tie_order="stable") if provider == "getraze" else None
@@ -53,7 +61,7 @@ async def _setup(
                 page_size=page_size,
                 max_retries=0,
             ) as adapter,
-            SyncStore(tmp_path / "copy.db") as store,
+            open_store(store_url) as store,
         ):
             yield sb, clock, adapter, store
 
@@ -85,10 +93,10 @@ def _mutate(sb: Sandbox, provider: str, rng: random.Random, clock: ManualClock) 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_repeated_syncs_keep_the_copy_equal_to_the_emulator(
-    provider: str, tmp_path: Path
+    provider: str, store_url: str
 ) -> None:
     rng = random.Random(f"sync:{provider}")
-    async with _setup(provider, tmp_path) as (sb, clock, adapter, store):
+    async with _setup(provider, store_url) as (sb, clock, adapter, store):
         first = await sync([adapter], store, clock=clock)
         assert first[provider].full_resync
         assert await _copy(store, provider) == await _truth(adapter)
@@ -120,10 +128,10 @@ async def test_repeated_syncs_keep_the_copy_equal_to_the_emulator(
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_changes_made_while_a_sync_runs_reach_the_copy_next_time(
-    provider: str, tmp_path: Path
+    provider: str, store_url: str
 ) -> None:
     rng = random.Random(f"during:{provider}")
-    async with _setup(provider, tmp_path, records=60) as (sb, clock, adapter, store):
+    async with _setup(provider, store_url, records=60) as (sb, clock, adapter, store):
         await sync([adapter], store, clock=clock)
         clock.advance(minutes=5)
         _mutate(sb, provider, rng, clock)
@@ -142,8 +150,8 @@ async def test_changes_made_while_a_sync_runs_reach_the_copy_next_time(
         assert await _copy(store, provider) == await _truth(adapter)
 
 
-async def test_a_record_that_comes_back_is_revived(tmp_path: Path) -> None:
-    async with _setup("reevo", tmp_path) as (sb, clock, adapter, store):
+async def test_a_record_that_comes_back_is_revived(store_url: str) -> None:
+    async with _setup("reevo", store_url) as (sb, clock, adapter, store):
         await sync([adapter], store, clock=clock)
         record_id = sb.reevo.ids[5]
         record = sb.reevo.deal(record_id)
@@ -165,8 +173,8 @@ async def test_a_record_that_comes_back_is_revived(tmp_path: Path) -> None:
         assert await _copy(store, "reevo") == await _truth(adapter)
 
 
-async def test_close_deletions_carry_their_time(tmp_path: Path) -> None:
-    async with _setup("close", tmp_path) as (sb, clock, adapter, store):
+async def test_close_deletions_carry_their_time(store_url: str) -> None:
+    async with _setup("close", store_url) as (sb, clock, adapter, store):
         await sync([adapter], store, clock=clock)
         clock.advance(hours=2)
         record_id = sb.close.ids[0]
@@ -179,9 +187,9 @@ async def test_close_deletions_carry_their_time(tmp_path: Path) -> None:
 
 
 async def test_a_cursor_older_than_thirty_days_falls_back(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    store_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with _setup("close", tmp_path) as (sb, clock, adapter, store):
+    async with _setup("close", store_url) as (sb, clock, adapter, store):
         await sync([adapter], store, clock=clock)
         clock.advance(days=10)
         gone = sb.close.ids[:2]
@@ -227,8 +235,8 @@ async def test_an_incomplete_listing_deletes_nothing(
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_the_mass_deletion_guard_holds_in_sync(provider: str, tmp_path: Path) -> None:
-    async with _setup(provider, tmp_path, records=20) as (sb, clock, adapter, store):
+async def test_the_mass_deletion_guard_holds_in_sync(provider: str, store_url: str) -> None:
+    async with _setup(provider, store_url, records=20) as (sb, clock, adapter, store):
         await sync([adapter], store, clock=clock)
         clock.advance(days=40)  # Close: a full reconciliation
         for record_id in sb[provider].ids[:12]:
@@ -244,9 +252,9 @@ async def test_the_mass_deletion_guard_holds_in_sync(provider: str, tmp_path: Pa
 
 
 async def test_a_store_filled_before_the_feed_is_reconciled_on_the_first_run(
-    tmp_path: Path,
+    store_url: str,
 ) -> None:
-    async with _setup("getraze", tmp_path, records=20) as (sb, clock, adapter, store):
+    async with _setup("getraze", store_url, records=20) as (sb, clock, adapter, store):
         await store.upsert("getraze", [opp async for opp in adapter.list()])
         for record_id in sb.getraze.ids[:3]:
             sb.getraze.delete(record_id)
@@ -281,7 +289,7 @@ async def test_a_version_1_database_migrates_in_place_and_loses_nothing(tmp_path
     assert len(before) == 36
 
     async with SyncStore(path) as store:
-        assert await store.schema_version() == SCHEMA_VERSION == 3
+        assert await store.schema_version() == SCHEMA_VERSION == 4
         rows = await store.rows(include_deleted=True)
         assert len(rows) == 36
         by_key = {(row["provider"], row["id"]): row for row in rows}
@@ -330,5 +338,5 @@ async def test_a_version_2_database_migrates_too(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version = 2")
     conn.close()
     async with SyncStore(path) as store:
-        assert await store.schema_version() == 3
+        assert await store.schema_version() == SCHEMA_VERSION
         assert await store.count(include_deleted=True) == 36

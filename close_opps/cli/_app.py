@@ -5,13 +5,11 @@
 import asyncio
 import contextlib
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -34,10 +32,13 @@ from ._runtime import (
     Target,
     api_key_env,
     base_url_env,
+    database_errors,
     fail,
     logging_for,
     open_adapters,
+    open_db,
     progress,
+    redact_url,
     resolve_targets,
     run,
     scrub,
@@ -442,11 +443,14 @@ async def _get(
 @app.command(cls=HelpCommand)
 def sync(
     db: Annotated[
-        Path,
+        str,
         typer.Option(
             "--db",
-            metavar="PATH",
-            help="The SQLite database (created if missing).",
+            metavar="URL",
+            help=(
+                "The store: a SQLite file (a path or sqlite:///PATH, created if missing) or "
+                "postgresql://..."
+            ),
             show_default=False,
         ),
     ],
@@ -471,6 +475,10 @@ def sync(
             help="Let a run delete more than half of a provider's stored records.",
         ),
     ] = False,
+    all_connections: Annotated[
+        bool,
+        typer.Option("--all", help="Sync every connection registered in the store, once."),
+    ] = False,
 ) -> None:
     """Bring a SQLite database up to date: only what changed since the last run.
 
@@ -478,6 +486,17 @@ def sync(
     tombstones), and the watermark (the newest updated_at stored). --api-key and --base-url
     apply to one provider; for several, set <PROVIDER>_API_KEY and <PROVIDER>_BASE_URL.
     """
+    if all_connections:
+        from ._connections import sync_all
+
+        sync_all(
+            db,
+            named=provider_names,
+            connection=_connection(timeout=timeout, retries=retries, proxy=proxy, sandbox=False),
+            allow_mass_deletion=allow_mass_deletion,
+            sandbox=sandbox,
+        )
+        return
     names = provider_names or (list(SANDBOX_PROVIDERS) if sandbox else registered_providers())
     # Every provider by default: those with a key are synced, the others named and left out.
     without_key: list[str] | None = [] if not provider_names and api_key is None else None
@@ -502,7 +521,7 @@ def sync(
     _print_sync(reports, db, stored)
 
 
-def _print_sync(reports: Sequence["SyncReport"], db: Path, stored: int | None) -> None:
+def _print_sync(reports: Sequence["SyncReport"], db: str, stored: int | None) -> None:
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("provider")
     for name in ("inserted", "updated", "unchanged", "deleted", "total"):
@@ -522,12 +541,12 @@ def _print_sync(reports: Sequence["SyncReport"], db: Path, stored: int | None) -
     console = render.stdout_console()
     console.print(table)
     if stored is not None:
-        console.print(f"{db}: {stored} opportunities stored")
+        console.print(f"{redact_url(db)}: {stored} opportunities stored")
 
 
 async def _sync(
     targets: Sequence[Target],
-    db: Path,
+    db: str,
     *,
     sandbox: SandboxSpec | None,
     connection: ConnectOptions,
@@ -535,11 +554,7 @@ async def _sync(
 ) -> tuple[list["SyncReport"], int]:
     from close_opps import sync as syncing
 
-    store = syncing.SyncStore(db)
-    try:
-        await store.open()
-    except (sqlite3.Error, RuntimeError, OSError) as exc:
-        fail(f"cannot use the database {str(db)!r}: {exc}")
+    store = await open_db(db)
     try:
         async with open_adapters(targets, sandbox=sandbox, connection=connection) as adapters:
             with progress() as bar:
@@ -560,8 +575,8 @@ async def _sync(
                     if exc.reports:
                         _print_sync(list(exc.reports.values()), db, None)
                     fail("sync failed: " + "; ".join(exc.lines()))
-                except sqlite3.Error as exc:
-                    fail(f"cannot write the database {str(db)!r}: {exc}")
+                except database_errors() as exc:
+                    fail(f"cannot write the database {redact_url(db)!r}: {exc}")
         return list(reports.values()), await store.count()
     finally:
         await store.aclose()
@@ -673,6 +688,6 @@ def _announce(sandbox: "Sandbox") -> None:
     sys.stdout.flush()
 
 
-# The ``changes`` and ``load`` commands live in their own modules; importing one registers it
-# on ``app``.
-from . import _changes, _load  # noqa: E402, F401
+# The ``changes``, ``load``, ``connections``, ``enqueue`` and ``worker`` commands live in
+# their own modules; importing one registers it on ``app``.
+from . import _changes, _connections, _load  # noqa: E402, F401

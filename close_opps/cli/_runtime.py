@@ -9,7 +9,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from typing import Any, Final, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar, cast
 
 import attrs
 import typer
@@ -30,6 +30,9 @@ from close_opps.adapters.base import BaseAdapter
 from close_opps.adapters.base import api_key_env as _adapter_key_env
 from close_opps.errors import CloseOppsError
 from close_opps.registry import connect, providers
+
+if TYPE_CHECKING:
+    from close_opps.sync import SyncStore
 
 __all__ = [
     "EXIT_FAILURE",
@@ -451,3 +454,35 @@ async def open_adapters(
                 raise usage_error(f"{provider}: {exc}") from None
             adapters[provider] = await stack.enter_async_context(adapter)
         yield adapters
+
+
+def database_errors() -> tuple[type[Exception], ...]:
+    """The errors a store raises for a database it cannot open or write (SQLite's, and
+    psycopg's when it is installed), besides a newer schema (RuntimeError)."""
+    import sqlite3
+
+    errors: list[type[Exception]] = [sqlite3.Error, RuntimeError, OSError, ValueError]
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        pass
+    else:
+        errors.append(psycopg.Error)
+    return tuple(errors)
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password, for messages."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+async def open_db(url: str) -> SyncStore:
+    """The store at ``url``, open; a CLI failure naming it (without a password) otherwise."""
+    from close_opps.sync import open_store
+
+    try:
+        store = open_store(url)
+        await store.open()
+    except database_errors() as exc:
+        fail(f"cannot use the database {redact_url(url)!r}: {redact_url(str(exc))}")
+    return store
