@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from close_opps import telemetry
 from close_opps._constants import (
     FULL_REREADS,
     NO_PROGRESS_PAGES,
@@ -234,6 +235,7 @@ class Pager:
         self._policy = policy
         self._query = query
         self._provider = adapter.provider
+        self._span = telemetry.ListingSpan(adapter.provider)
         self._seen: set[str] = set()
         self._remaining = query.limit
         self._in_order = True
@@ -255,6 +257,18 @@ class Pager:
         """The listing's pages, each with the records not yielded before."""
         if self._remaining == 0:
             return
+        error: Exception | None = None
+        try:
+            async with aclosing(self._passes()) as pages:
+                async for page in pages:
+                    yield page
+        except Exception as exc:  # leaving early (GeneratorExit) or cancelling is no error
+            error = exc
+            raise
+        finally:
+            self._span.end(records=len(self._seen), error=error)
+
+    async def _passes(self) -> AsyncGenerator[Page, None]:
         passes = 0
         while True:
             self._expected = None
@@ -459,10 +473,15 @@ class Pager:
             raise _OffsetLimitReached from exc
 
     async def _fetch(self, page: PageRequest) -> ParsedPage:
-        response = await self._adapter._send(self._policy.request(page))
-        if response.size > OFFLOAD_BYTES:  # decode big pages off the event loop
-            return await asyncio.to_thread(self._policy.parse, response, page)
-        return self._policy.parse(response, page)
+        self._span.pages += 1
+        with telemetry.page(self._provider, page.offset, page.size) as seen:
+            response = await self._adapter._send(self._policy.request(page))
+            if response.size > OFFLOAD_BYTES:  # decode big pages off the event loop
+                parsed = await asyncio.to_thread(self._policy.parse, response, page)
+            else:
+                parsed = self._policy.parse(response, page)
+            seen.records = len(parsed.records)
+            return parsed
 
     # ---------------------------------------------------------------------- cursor paging
 

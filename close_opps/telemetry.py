@@ -11,6 +11,13 @@ Spans:
   included: ``close_opps.provider``, ``close_opps.connection`` (when inside a sync),
   ``http.request.method``, ``url.path``, ``http.response.status_code``,
   ``close_opps.retries``; an error status and the error's type on failure.
+- ``close_opps.list``: one per listing (a ``list()``/``pages()`` or a change feed's):
+  ``close_opps.provider``, ``close_opps.connection``, ``close_opps.records`` (distinct
+  records received), ``close_opps.pages``; an error status on failure (an
+  ``IncompleteListingError`` included).
+- ``close_opps.page``: one per page the pager fetches (its ``close_opps.request`` nested in
+  it): ``close_opps.provider``, ``close_opps.connection``, ``close_opps.offset``,
+  ``close_opps.page_size``, ``close_opps.records`` (records on the page).
 - ``close_opps.sync``: one per connection's sync run: ``close_opps.connection``,
   ``close_opps.provider``, ``close_opps.records`` (changes applied), ``close_opps.inserted``,
   ``close_opps.updated``, ``close_opps.deleted``, ``close_opps.full_resync``.
@@ -147,6 +154,67 @@ def request(provider: str, method: str, path: str) -> Iterator[RequestRecord]:
                 found.rate_limited.add(1, metric)
             if record.remaining is not None:
                 found.remaining.set(record.remaining, metric)
+
+
+class ListingSpan:
+    """A ``close_opps.list`` span, started and ended explicitly: a listing is an async
+    generator, whose steps run in its consumer's context, so the span is never made current
+    (its pages are spans of their own)."""
+
+    def __init__(self, provider: str) -> None:
+        self._found = _get()
+        self._span: Any = None
+        self.pages = 0
+        if self._found is not None:
+            self._span = self._found.tracer.start_span(
+                "close_opps.list", attributes=_base(provider)
+            )
+
+    def end(self, *, records: int, error: BaseException | None = None) -> None:
+        """End the span with what the listing received (and its error, if it failed)."""
+        if self._span is None or self._found is None:
+            return
+        self._span.set_attribute("close_opps.records", records)
+        self._span.set_attribute("close_opps.pages", self.pages)
+        if error is not None:
+            self._span.set_status(self._found.error, type(error).__name__)
+            self._span.set_attribute("error.type", type(error).__name__)
+        self._span.end()
+        self._span = None
+
+
+@attrs.define
+class PageRecord:
+    """What :func:`page` records of one page (filled in by the pager)."""
+
+    records: int | None = None
+
+
+@contextlib.contextmanager
+def page(provider: str, offset: int, size: int) -> Iterator[PageRecord]:
+    """A ``close_opps.page`` span around fetching and parsing one page (its request nests)."""
+    record = PageRecord()
+    found = _get()
+    if found is None:  # pragma: no cover - depends on the installed extras
+        yield record
+        return
+    attributes: dict[str, Any] = {
+        **_base(provider),
+        "close_opps.offset": offset,
+        "close_opps.page_size": size,
+    }
+    with found.tracer.start_as_current_span(
+        "close_opps.page", attributes=attributes, record_exception=False
+    ) as span:
+        try:
+            yield record
+        except BaseException as exc:
+            span.set_status(found.error, type(exc).__name__)
+            span.set_attribute("error.type", type(exc).__name__)
+            raise
+        finally:
+            if record.records is not None:
+                span.set_attribute("close_opps.records", record.records)
 
 
 def retried(record: RequestRecord, provider: str, exc: BaseException) -> None:

@@ -113,3 +113,48 @@ async def test_a_failed_request_is_an_error_span(
     assert attributes["error.type"] == "AuthenticationError"
     assert "close_opps.connection" not in attributes  # not inside a sync
     assert all("wrong-key" not in str(v) for v in attributes.values())
+
+
+async def test_listing_and_page_spans(
+    otel: tuple[InMemorySpanExporter, InMemoryMetricReader],
+) -> None:
+    spans, _ = otel
+    async with (
+        Sandbox(seed=2, records=25, vendors=["close"]) as sb,
+        connect(
+            "close", api_key=sb.close.api_key, base_url=sb.close.base_url, page_size=10
+        ) as close,
+    ):
+        key = sb.close.api_key
+        got = [o async for o in close.list()]
+    assert len(got) == 25
+    finished = spans.get_finished_spans()
+    (listing,) = [s for s in finished if s.name == "close_opps.list"]
+    pages = [s for s in finished if s.name == "close_opps.page"]
+    requests = [s for s in finished if s.name == "close_opps.request"]
+    assert listing.attributes is not None
+    assert (listing.attributes["close_opps.records"], listing.attributes["close_opps.pages"]) == (
+        25,
+        3,
+    )
+    records = sorted(str((s.attributes or {}).get("close_opps.records")) for s in pages)
+    assert records == ["10", "10", "5"]
+    # each request is a child of its page span
+    page_ids = {s.context.span_id for s in pages if s.context is not None}
+    assert {s.parent.span_id for s in requests if s.parent is not None} == page_ids
+    assert all(key not in str(s.attributes) for s in finished)
+
+
+async def test_an_incomplete_listing_span_is_an_error(
+    otel: tuple[InMemorySpanExporter, InMemoryMetricReader],
+) -> None:
+    spans, _ = otel
+    async with Sandbox(seed=2, records=5, vendors=["close"]) as sb:
+        sb.close.script(Fault.server_error(500))
+        async with connect(
+            "close", api_key=sb.close.api_key, base_url=sb.close.base_url, max_retries=0
+        ) as close:
+            with pytest.raises(Exception, match="500"):
+                [o async for o in close.list()]
+    (listing,) = [s for s in spans.get_finished_spans() if s.name == "close_opps.list"]
+    assert listing.status.status_code.name == "ERROR"
