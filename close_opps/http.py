@@ -605,7 +605,18 @@ def _check_tree(data: Any, *, strings: bool = True) -> None:
 
 
 _CONTAINERS = (dict, list)
-_LONG_DIGITS = re.compile(rb"[0-9]{%d}" % (MAX_JSON_INT_DIGITS + 1))
+#: Every digit read as "0": a run of more digits than allowed is then one substring search
+#: (a regex over a page costs as much as parsing it).
+_DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_TOO_MANY_DIGITS = b"0" * (MAX_JSON_INT_DIGITS + 1)
+
+
+def _has_long_digit_run(body: bytes) -> bool:
+    return _TOO_MANY_DIGITS in body.translate(_DIGITS_AS_ZERO)
+
+
+def _has_surrogate_escape(body: bytes) -> bool:
+    return (b"\\ud" in body or b"\\uD" in body) and _SURROGATE_ESCAPE.search(body) is not None
 
 
 def load_json(body: bytes) -> Any:
@@ -613,7 +624,7 @@ def load_json(body: bytes) -> Any:
     try:
         # The integer hook costs a Python call per integer: only for bodies that hold a run
         # of digits longer than the limit (the C parser reads the others).
-        long_digits = _LONG_DIGITS.search(body) is not None
+        long_digits = _has_long_digit_run(body)
         data = json.loads(
             body,
             parse_float=Decimal,
@@ -622,7 +633,7 @@ def load_json(body: bytes) -> Any:
         )
     except RecursionError:
         raise _Unacceptable(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
-    _check_tree(data, strings=_SURROGATE_ESCAPE.search(body) is not None)
+    _check_tree(data, strings=_has_surrogate_escape(body))
     return data
 
 
