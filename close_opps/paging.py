@@ -235,7 +235,7 @@ class Pager:
         self._policy = policy
         self._query = query
         self._provider = adapter.provider
-        self._span = telemetry.ListingSpan(adapter.provider)
+        self._pages_fetched = 0
         self._seen: set[str] = set()
         self._remaining = query.limit
         self._in_order = True
@@ -257,6 +257,7 @@ class Pager:
         """The listing's pages, each with the records not yielded before."""
         if self._remaining == 0:
             return
+        span = telemetry.ListingSpan(self._provider)  # from the first step, not the call
         error: Exception | None = None
         try:
             async with aclosing(self._passes()) as pages:
@@ -266,7 +267,7 @@ class Pager:
             error = exc
             raise
         finally:
-            self._span.end(records=len(self._seen), error=error)
+            span.end(records=len(self._seen), pages=self._pages_fetched, error=error)
 
     async def _passes(self) -> AsyncGenerator[Page, None]:
         passes = 0
@@ -473,7 +474,7 @@ class Pager:
             raise _OffsetLimitReached from exc
 
     async def _fetch(self, page: PageRequest) -> ParsedPage:
-        self._span.pages += 1
+        self._pages_fetched += 1
         with telemetry.page(self._provider, page.offset, page.size) as seen:
             response = await self._adapter._send(self._policy.request(page))
             if response.size > OFFLOAD_BYTES:  # decode big pages off the event loop

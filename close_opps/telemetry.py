@@ -164,18 +164,17 @@ class ListingSpan:
     def __init__(self, provider: str) -> None:
         self._found = _get()
         self._span: Any = None
-        self.pages = 0
         if self._found is not None:
             self._span = self._found.tracer.start_span(
                 "close_opps.list", attributes=_base(provider)
             )
 
-    def end(self, *, records: int, error: BaseException | None = None) -> None:
+    def end(self, *, records: int, pages: int, error: BaseException | None = None) -> None:
         """End the span with what the listing received (and its error, if it failed)."""
         if self._span is None or self._found is None:
             return
         self._span.set_attribute("close_opps.records", records)
-        self._span.set_attribute("close_opps.pages", self.pages)
+        self._span.set_attribute("close_opps.pages", pages)
         if error is not None:
             self._span.set_status(self._found.error, type(error).__name__)
             self._span.set_attribute("error.type", type(error).__name__)
