@@ -277,6 +277,12 @@ class Pager:
             self._carried = 0
             self._window_total = None
             self._total_changed = False
+            # A new pass starts from the first record again: the order check starts over
+            # (whether the server honours the order, once found out, stays known).
+            self._first_key = self._last_key = None
+            self._in_order_count = 0
+            self._ids_at_last_key = set()
+            self._quiet_pages = 0
             run = self._offset_pass() if self._policy.random_access else self._cursor_pass()
             async with aclosing(run) as pages:
                 async for page in pages:

@@ -105,7 +105,9 @@ async def test_limit_fetches_no_page_more_than_needed() -> None:
     assert sorted(r.offset for r in adapter.requests) == [0, 10, 20]
 
 
-async def test_fewer_records_than_the_total_reads_again_then_raises() -> None:
+async def test_fewer_records_than_the_total_reads_again_then_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     records = [opp(i) for i in range(30)]
 
     def short(page: PageRequest) -> tuple[list[Opportunity], int | None, bool, str | None]:
@@ -124,6 +126,8 @@ async def test_fewer_records_than_the_total_reads_again_then_raises() -> None:
     assert (info.value.expected, info.value.received) == (30, 29)
     assert len(yielded) == 29  # everything found was yielded first
     assert len(adapter.requests) == 6  # one pass, then one pass again
+    assert "reading it again" in caplog.text
+    assert "did not honour" not in caplog.text  # the second pass starts its order check anew
 
 
 async def test_a_total_that_shrinks_is_a_deletion_not_a_loss() -> None:
