@@ -315,3 +315,16 @@ async def test_clone_has_the_same_settings_and_its_own_life() -> None:
     assert clone.list_query().page_size == 7
     assert not clone._transport.closed  # the original is closed, the clone is not
     assert "k_clone" not in repr(clone)
+
+
+async def test_a_record_shifted_onto_the_next_page_is_not_taken_for_a_tie() -> None:
+    """The same record at the end of one page and the start of the next, with a total that
+    the listing meets: a record moved (one was added or deleted), nothing to re-read."""
+    records = [opp(i) for i in range(4)]
+    pages = {0: records[0:2], 2: records[1:3], 4: records[3:4]}
+    adapter = MemoryAdapter(
+        lambda page: (pages[page.offset], 4, page.offset < 4, None), MemoryPaging()
+    )
+    got = await collect(adapter, page_size=2)
+    assert [o.id for o in got] == [o.id for o in records]
+    assert len(adapter.requests) == 3  # no re-read, no second pass
