@@ -26,16 +26,15 @@ from close_opps.webhooks import (
     verify_close_signature,
 )
 
-from .conftest import FIXTURES
-
 EXAMPLES_NAME = "close-events-examples.json"
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "vendor-docs" / EXAMPLES_NAME
-COPY = FIXTURES / "close_events_examples.json"
+COPY = Path(__file__).parent / "sandbox" / "fixtures" / EXAMPLES_NAME  # the one copy
 KEY = "5766b2447c7b51c5a08643792532e310eabfde421c0bb49b9bb2838e1d0cc1ca"
 
 
 def _examples() -> list[tuple[str, dict[str, Any]]]:
-    """The examples copied into tests/fixtures, and the shared original when it is beside us."""
+    """The examples copied into tests/sandbox/fixtures, and the shared original when it is
+    beside us."""
     sources = [("fixtures", json.loads(COPY.read_text(encoding="utf-8")))]
     if SHARED.is_file():
         sources.append(("shared", json.loads(SHARED.read_text(encoding="utf-8"))))
