@@ -120,8 +120,8 @@ class ListQuery:
         )
 
 
-def _list_arguments(
-    self: Any,
+def _list_query(
+    adapter: BaseAdapter,
     *,
     updated_since: datetime | None = None,
     updated_before: datetime | None = None,
@@ -133,8 +133,27 @@ def _list_arguments(
     order_by: str | None = None,
     query: str | None = None,
     **filters: Any,
-) -> None:
-    """The arguments of every listing (``list()``, ``pages()``, the hub's): defined once."""
+) -> ListQuery:
+    """The arguments of every listing (``list()``, ``pages()``, ``list_query()``), defined
+    once: this function checks them and is the signature those methods show."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+    for name, text in (("order_by", order_by), ("query", query)):
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"{name} must be a string, got {type(text).__name__}")
+    adapter.check_filters(filters)
+    return ListQuery(
+        updated_since=_aware_or_none("updated_since", updated_since),
+        updated_before=_aware_or_none("updated_before", updated_before),
+        created_since=_aware_or_none("created_since", created_since),
+        created_before=_aware_or_none("created_before", created_before),
+        statuses=_statuses(status),
+        limit=limit,
+        page_size=adapter._page_size if page_size is None else adapter._check_page_size(page_size),
+        order_by=order_by,
+        query=query,
+        filters=dict(filters),
+    )
 
 
 def _with_signature(reference: Callable[P, Any]) -> Callable[[Callable[..., R]], Callable[P, R]]:
@@ -304,7 +323,7 @@ class BaseAdapter(abc.ABC):
         """The pages of a validated listing, honouring ``query.limit``."""
         return Pager(self, self.paging_policy(query), query).pages()
 
-    @_with_signature(_list_arguments)
+    @_with_signature(_list_query)
     def pages(self, **arguments: Any) -> AsyncGenerator[Page, None]:
         """The listing page by page, for callers who want totals and aggregates.
 
@@ -465,7 +484,7 @@ class BaseAdapter(abc.ABC):
                     "(limit, page_size, order_by, ...) instead"
                 )
 
-    @_with_signature(_list_arguments)
+    @_with_signature(_list_query)
     def list_query(self, **arguments: Any) -> ListQuery:
         """The listing these arguments describe, every argument checked (before any request).
 
@@ -474,47 +493,12 @@ class BaseAdapter(abc.ABC):
                 filter the adapter manages or cannot honour).
             TypeError: an argument has the wrong type.
         """
-        return self._list_query(**arguments)
-
-    def _list_query(
-        self,
-        *,
-        updated_since: datetime | None = None,
-        updated_before: datetime | None = None,
-        created_since: datetime | None = None,
-        created_before: datetime | None = None,
-        status: StatusArg = None,
-        limit: int | None = None,
-        page_size: int | None = None,
-        order_by: str | None = None,
-        query: str | None = None,
-        **filters: Any,
-    ) -> ListQuery:
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
-        ):
-            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
-        for name, text in (("order_by", order_by), ("query", query)):
-            if text is not None and not isinstance(text, str):
-                raise TypeError(f"{name} must be a string, got {type(text).__name__}")
-        self.check_filters(filters)
-        return ListQuery(
-            updated_since=_aware_or_none("updated_since", updated_since),
-            updated_before=_aware_or_none("updated_before", updated_before),
-            created_since=_aware_or_none("created_since", created_since),
-            created_before=_aware_or_none("created_before", created_before),
-            statuses=_statuses(status),
-            limit=limit,
-            page_size=self._page_size if page_size is None else self._check_page_size(page_size),
-            order_by=order_by,
-            query=query,
-            filters=dict(filters),
-        )
+        return _list_query(self, **arguments)
 
     # ------------------------------------------------------------------------- list, last
     # (defined last so that ``list`` in annotations above still means the builtin)
 
-    @_with_signature(_list_arguments)
+    @_with_signature(_list_query)
     def list(self, **arguments: Any) -> AsyncGenerator[Opportunity, None]:
         """Every matching opportunity, exactly once, fetched page by page.
 
