@@ -30,6 +30,7 @@ from close_opps.errors import DecodeError
 __all__ = [
     "MAX_DECIMAL_EXPONENT",
     "decode",
+    "listed",
     "make_converter",
     "parse_date",
     "parse_datetime",
@@ -263,3 +264,26 @@ def decode(
         raise DecodeError(
             str(exc), provider=provider, record_id=record_id, path=path
         ) from safe_cause(exc)
+
+
+def listed(
+    body: Any, *, provider: str, key: str = "data", noun: str = "records"
+) -> tuple[Mapping[str, Any], list[Any]]:
+    """``body`` as an object holding a list under ``key`` (the envelope of a list page), and
+    that list.
+
+    Raises:
+        DecodeError: ``body`` is not an object (path ``$``), or ``key`` holds no list.
+    """
+    if not isinstance(body, Mapping):
+        raise DecodeError(
+            f"expected an object, got {type(body).__name__}", provider=provider, path="$"
+        )
+    items = body.get(key)
+    if not isinstance(items, list):
+        raise DecodeError(
+            f"expected a list of {noun}, got {type(items).__name__}",
+            provider=provider,
+            path=f"$.{key}",
+        )
+    return body, items

@@ -5,6 +5,20 @@ and aware datetimes; :func:`decode` structures one payload and turns every misma
 :class:`~close_opps.DecodeError` naming the provider, the record id and the field path.
 """
 
-from close_opps._decoding import decode, make_converter, parse_date, parse_datetime, parse_decimal
+from close_opps._decoding import (
+    decode,
+    listed,
+    make_converter,
+    parse_date,
+    parse_datetime,
+    parse_decimal,
+)
 
-__all__ = ["decode", "make_converter", "parse_date", "parse_datetime", "parse_decimal"]
+__all__ = [
+    "decode",
+    "listed",
+    "make_converter",
+    "parse_date",
+    "parse_datetime",
+    "parse_decimal",
+]

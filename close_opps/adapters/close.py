@@ -18,7 +18,7 @@ from typing import Any, Final
 import aiohttp
 import attrs
 
-from close_opps._decoding import decode, make_converter
+from close_opps._decoding import decode, listed, make_converter
 from close_opps._redact import get_logger
 from close_opps._tasks import fetch_in_order
 from close_opps.adapters._close_webhooks import CloseWebhooksMixin
@@ -258,15 +258,7 @@ def parse_list_page(data: Any) -> ParsedPage:
     Raises:
         DecodeError: the body, or one of its records, does not match Close's contract.
     """
-    if not isinstance(data, Mapping):
-        raise DecodeError("the list body is not an object", provider=PROVIDER, path="$")
-    records = data.get("data")
-    if not isinstance(records, list):
-        raise DecodeError(
-            f"expected a list of records, got {type(records).__name__}",
-            provider=PROVIDER,
-            path="$.data",
-        )
+    data, records = listed(data, provider=PROVIDER)
     has_more = data.get("has_more")
     if not isinstance(has_more, bool):
         raise DecodeError("expected a boolean", provider=PROVIDER, path="$.has_more")
@@ -401,15 +393,7 @@ def parse_event_page(data: Any) -> EventPage:
     Raises:
         DecodeError: the body, or one of its events, does not match Close's contract.
     """
-    if not isinstance(data, Mapping):
-        raise DecodeError("the event list body is not an object", provider=PROVIDER, path="$")
-    raw_events = data.get("data")
-    if not isinstance(raw_events, list):
-        raise DecodeError(
-            f"expected a list of events, got {type(raw_events).__name__}",
-            provider=PROVIDER,
-            path="$.data",
-        )
+    data, raw_events = listed(data, provider=PROVIDER, noun="events")
     cursors: dict[str, str | None] = {}
     for name in ("cursor_next", "cursor_previous"):
         value = data.get(name)

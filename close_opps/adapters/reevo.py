@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Final
 
 import attrs
 
-from close_opps._decoding import decode, make_converter
+from close_opps._decoding import decode, listed, make_converter
 from close_opps._redact import get_logger
 from close_opps.adapters._reevo_values import (
     VALUE_DECODERS,
@@ -466,17 +466,7 @@ def parse_query_page(data: Any) -> ParsedPage:
     Raises:
         DecodeError: the body, or one of its records, does not match Reevo's contract.
     """
-    if not isinstance(data, Mapping):
-        raise DecodeError(
-            f"expected an object, got {type(data).__name__}", provider=PROVIDER, path="$"
-        )
-    records = data.get("data")
-    if not isinstance(records, list):
-        raise DecodeError(
-            f"expected a list of records, got {type(records).__name__}",
-            provider=PROVIDER,
-            path="$.data",
-        )
+    data, records = listed(data, provider=PROVIDER)
     next_cursor = data.get("next_cursor")
     if next_cursor is not None and not isinstance(next_cursor, str):
         raise DecodeError(
