@@ -358,25 +358,22 @@ class Pager:
             size = self._adapter._check_page_size(self._query.page_size)
             if self._remaining is not None and not self._policy.filters_locally:
                 size = min(size, self._remaining + len(self._ids_at_last_key))
+            reached_offset_limit = False
             try:
                 async with aclosing(self._window(bound, size, edges)) as pages:
                     async for page in pages:
                         yield page
                         if self._done:
                             return
-                async with aclosing(self._reread_ties(bound, size, edges)) as pages:
-                    async for page in pages:
-                        yield page
-                        if self._done:
-                            return
-                return
             except _OffsetLimitReached:
-                pass
+                reached_offset_limit = True
             async with aclosing(self._reread_ties(bound, size, edges)) as pages:
                 async for page in pages:
                     yield page
                     if self._done:
                         return
+            if not reached_offset_limit:
+                return
             bound = self._move_window(bound, progressed=len(self._seen) > window_start)
             # The new window's total counts the records from its bound on.
             self._carried = len(self._seen) - len(self._ids_at_last_key)
