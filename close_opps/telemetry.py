@@ -100,6 +100,25 @@ def _get() -> _Instruments | None:
     return _instruments
 
 
+def _mark_failed(found: _Instruments, span: Any, exc: BaseException) -> None:
+    span.set_status(found.error, type(exc).__name__)
+    span.set_attribute("error.type", type(exc).__name__)
+
+
+@contextlib.contextmanager
+def _current_span(found: _Instruments, name: str, attributes: dict[str, Any]) -> Iterator[Any]:
+    """A span made current for the block, marked failed (with the error's type) when the
+    block raises."""
+    with found.tracer.start_as_current_span(
+        name, attributes=attributes, record_exception=False
+    ) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            _mark_failed(found, span, exc)
+            raise
+
+
 def _base(provider: str) -> dict[str, str]:
     attributes = {"close_opps.provider": provider}
     connection = current_connection.get()
@@ -130,17 +149,13 @@ def request(provider: str, method: str, path: str) -> Iterator[RequestRecord]:
         "http.request.method": method,
         "url.path": path,
     }
-    with found.tracer.start_as_current_span(
-        "close_opps.request", attributes=attributes, record_exception=False
-    ) as span:
+    with _current_span(found, "close_opps.request", attributes) as span:
         try:
             yield record
         except BaseException as exc:
             status = getattr(exc, "status", None)
             if isinstance(status, int):
                 record.status = status
-            span.set_status(found.error, type(exc).__name__)
-            span.set_attribute("error.type", type(exc).__name__)
             raise
         finally:
             metric = _base(provider)
@@ -176,8 +191,7 @@ class ListingSpan:
         self._span.set_attribute("close_opps.records", records)
         self._span.set_attribute("close_opps.pages", pages)
         if error is not None:
-            self._span.set_status(self._found.error, type(error).__name__)
-            self._span.set_attribute("error.type", type(error).__name__)
+            _mark_failed(self._found, self._span, error)
         self._span.end()
         self._span = None
 
@@ -202,15 +216,9 @@ def page(provider: str, offset: int, size: int) -> Iterator[PageRecord]:
         "close_opps.offset": offset,
         "close_opps.page_size": size,
     }
-    with found.tracer.start_as_current_span(
-        "close_opps.page", attributes=attributes, record_exception=False
-    ) as span:
+    with _current_span(found, "close_opps.page", attributes) as span:
         try:
             yield record
-        except BaseException as exc:
-            span.set_status(found.error, type(exc).__name__)
-            span.set_attribute("error.type", type(exc).__name__)
-            raise
         finally:
             if record.records is not None:
                 span.set_attribute("close_opps.records", record.records)
@@ -232,15 +240,8 @@ def sync_span(connection: str, provider: str) -> Iterator[Any]:
         yield None
         return
     attributes = {"close_opps.connection": connection, "close_opps.provider": provider}
-    with found.tracer.start_as_current_span(
-        "close_opps.sync", attributes=attributes, record_exception=False
-    ) as span:
-        try:
-            yield span
-        except BaseException as exc:
-            span.set_status(found.error, type(exc).__name__)
-            span.set_attribute("error.type", type(exc).__name__)
-            raise
+    with _current_span(found, "close_opps.sync", attributes) as span:
+        yield span
 
 
 def synced(
