@@ -22,41 +22,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import multiprocessing
 import statistics
-import time
 from collections.abc import Awaitable, Callable
-from multiprocessing.connection import Connection
 
 import aiohttp
-import attrs
 import orjson
+from list_throughput import Server, serve, timed  # the emulator process and timing, shared
 
 from close_opps import CloseAdapter
-from close_opps.sandbox import CloseOptions, Sandbox
 
 PAGE = 100
-
-
-@attrs.frozen
-class Server:
-    base_url: str
-    api_key: str
-    auth_headers: dict[str, str]
-
-
-def serve(conn: Connection, records: int, latency: float) -> None:
-    """The child process: the Close emulator, until the parent closes the pipe."""
-
-    async def run() -> None:
-        options = CloseOptions(records=records, latency=latency, rate_limit=None)
-        async with Sandbox(seed=1, vendors=["close"], close=options) as sb:
-            conn.send((sb.close.base_url, sb.close.api_key, sb.close.auth_headers))
-            await asyncio.get_running_loop().run_in_executor(None, conn.recv_bytes)
-
-    with contextlib.suppress(EOFError):
-        asyncio.run(run())
 
 
 async def raw_concurrent(server: Server, in_flight: int = 8) -> int:
@@ -104,15 +80,6 @@ def closeio_sync(server: Server) -> int:
         skip += PAGE
         if not body["has_more"]:
             return count
-
-
-async def timed(run: Callable[[], Awaitable[int]], expected: int) -> float:
-    started = time.perf_counter()
-    count = await run()
-    elapsed = time.perf_counter() - started
-    if count != expected:
-        raise SystemExit(f"read {count} records, expected {expected}")
-    return elapsed
 
 
 async def measure(args: argparse.Namespace, server: Server) -> dict[str, list[float]]:
