@@ -29,7 +29,7 @@ import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from close_opps import telemetry
-from close_opps._budget import budget_for
+from close_opps._budget import RateBudget, budget_for
 from close_opps._constants import (
     BACKOFF_INITIAL,
     BACKOFF_JITTER,
@@ -746,6 +746,7 @@ class Transport:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.max_in_flight = max_in_flight
+        self._budget: tuple[asyncio.AbstractEventLoop, RateBudget] | None = None
 
     @property
     def provider(self) -> str:
@@ -771,6 +772,20 @@ class Transport:
         session, self._session = self._session, None
         if self._owns_session and session is not None and not session.closed:
             await session.close()
+
+    def _rate_budget(self) -> RateBudget:
+        """The budget of this key in the running loop: every transport using the key
+        against this API shares it (looked up once per loop, not per request)."""
+        loop = asyncio.get_running_loop()
+        if self._budget is None or self._budget[0] is not loop:
+            budget = budget_for(
+                self.provider,
+                self.base_url,
+                self._api_key.reveal(),
+                max_in_flight=self.max_in_flight,
+            )
+            self._budget = (loop, budget)
+        return self._budget[1]
 
     def _user_agent_for(self, session: aiohttp.ClientSession) -> str:
         """The caller's session's ``User-Agent`` (else ours), then ``user_agent``."""
@@ -875,14 +890,7 @@ class Transport:
             "User-Agent": self._user_agent_for(session),
             **self.dialect.auth_headers(self._api_key),
         }
-        # Every transport using this key against this API in this loop shares one budget: it
-        # keeps requests within what the server's rate-limit figures allow.
-        budget = budget_for(
-            self.provider,
-            self.base_url,
-            self._api_key.reveal(),
-            max_in_flight=self.max_in_flight,
-        )
+        budget = self._rate_budget()
         await budget.acquire(max_wait=self.max_retry_wait)
         figures: list[RateLimit] = []  # the answer's rate-limit figures, when it had some
         throttled: RateLimitError | None = None
