@@ -8,10 +8,18 @@ network, times per provider in one run:
 - close-opps: ``decipher_response`` and the provider's pure page parser, that is JSON to
   typed, exact ``Opportunity`` records, as a listing does,
 
-and prints records/s for each and close-opps' rate as a share of ``json.loads``. Run::
+and prints records/s for each and close-opps' rate as a share of ``json.loads``.
+
+With ``--against PATH`` (another checkout of close-opps, such as the first release), it also
+times, alternating in fresh interpreters, the same work in both versions on the same bytes:
+each version's JSON parsing and its public mapping function (``close_to_opportunity``,
+``getraze_to_opportunity``, ``reevo_to_opportunity``) for every record, and prints the
+ratio. Run::
 
     python bench/decode_throughput.py
     python bench/decode_throughput.py --records 2000 --repeat 7
+    git worktree add /tmp/close-opps-first b19ac54     # the first release
+    python bench/decode_throughput.py --against /tmp/close-opps-first
 """
 
 from __future__ import annotations
@@ -19,7 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import pathlib
+import pickle
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -102,6 +116,65 @@ def count_orjson(pages: list[bytes]) -> int:
     return sum(len(orjson.loads(body)["data"]) for body in pages)
 
 
+#: Run in a fresh interpreter with a checkout first on ``sys.path``: that version's JSON
+#: parsing and mapping of every record, best rate of ``repeat`` rounds, as JSON.
+VERSION_RUN = """
+import json, pickle, sys, time
+from decimal import Decimal
+sys.path.insert(0, sys.argv[1])
+import close_opps.http as http
+from close_opps.adapters.close import close_to_opportunity
+from close_opps.adapters.getraze import getraze_to_opportunity
+from close_opps.adapters.reevo import reevo_to_opportunity
+assert http.__file__.startswith(sys.argv[1]), http.__file__
+load = getattr(http, "load_json", None) or (lambda body: json.loads(body, parse_float=Decimal))
+mappers = {"close": close_to_opportunity, "getraze": getraze_to_opportunity,
+           "reevo": reevo_to_opportunity}
+pages = pickle.load(open(sys.argv[2], "rb"))
+rates = {}
+for provider, mapper in mappers.items():
+    best = 0.0
+    for _ in range(int(sys.argv[3])):
+        started = time.process_time()
+        count = sum(1 for body in pages[provider] for raw in load(body)["data"] if mapper(raw))
+        best = max(best, count / (time.process_time() - started))
+    rates[provider] = best
+print(json.dumps(rates))
+"""
+
+
+def version_rates(checkout: str, pages_file: str, repeat: int) -> dict[str, float]:
+    """Records/s of ``checkout``'s parsing and mapping, per provider, in a fresh interpreter."""
+    done = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", VERSION_RUN, checkout, pages_file, str(repeat)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": checkout},
+    )
+    rates: dict[str, float] = json.loads(done.stdout)
+    return rates
+
+
+def compare_versions(pages: dict[str, list[bytes]], against: str, repeat: int) -> None:
+    here = str(pathlib.Path(__file__).resolve().parent.parent)
+    with tempfile.TemporaryDirectory() as tmp:
+        pages_file = str(pathlib.Path(tmp) / "pages.pickle")
+        with open(pages_file, "wb") as out:
+            pickle.dump(pages, out)
+        ours: dict[str, list[float]] = {}
+        theirs: dict[str, list[float]] = {}
+        for _ in range(3):  # alternating, so that a busy moment hits both
+            for provider, rate in version_rates(here, pages_file, repeat).items():
+                ours.setdefault(provider, []).append(rate)
+            for provider, rate in version_rates(against, pages_file, repeat).items():
+                theirs.setdefault(provider, []).append(rate)
+    print(f"this checkout against {against} (parsing + mapping, median of 3 alternating runs)")
+    for provider in ours:
+        now, then = statistics.median(ours[provider]), statistics.median(theirs[provider])
+        print(f"  {provider:<8} this {now:9,.0f}/s   that {then:9,.0f}/s   (x{now / then:4.2f})")
+
+
 def main(args: argparse.Namespace) -> None:
     pages = asyncio.run(bodies(args.records))
     query = ListQuery()
@@ -121,12 +194,17 @@ def main(args: argparse.Namespace) -> None:
             f"orjson {fast:9,.0f}/s   close-opps {ours:9,.0f}/s   "
             f"(x{ours / plain:4.2f} of json.loads)"
         )
+    if args.against:
+        compare_versions(pages, args.against, args.repeat)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--against", metavar="PATH", help="another checkout of close-opps to compare with"
+    )
     return parser.parse_args()
 
 

@@ -8,10 +8,12 @@ translation of cattrs' validation errors into :class:`~close_opps.errors.DecodeE
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar, get_origin
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import attrs
 import cattrs
@@ -26,6 +28,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 
 from close_opps._redact import safe_cause
 from close_opps.errors import DecodeError
+from close_opps.model import FrozenDict
 
 __all__ = [
     "MAX_DECIMAL_EXPONENT",
@@ -68,6 +71,17 @@ def parse_datetime(value: Any) -> datetime:
         return parsed.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first representable UTC
         raise ValueError(f"{value!r} is outside the range of representable timestamps") from None
+
+
+_PLAIN_MAPPINGS: frozenset[Any] = frozenset((dict, FrozenDict))
+
+
+@functools.cache
+def _msgspec() -> Any:
+    # Imported on first use, so that ``import close_opps`` stays light.
+    import msgspec
+
+    return msgspec
 
 
 def parse_date(value: Any) -> date:
@@ -181,13 +195,33 @@ def _sequence_factory(cls: Any, converter: cattrs.Converter) -> Any:
     return list_structure_factory(cls, converter)
 
 
+class _VendorConverter(cattrs.Converter):
+    """The converter :func:`make_converter` returns: a :class:`cattrs.Converter` that knows
+    whether hooks were registered on it after it was made (its records then always take
+    the detailed path of :func:`decode`, which honours them)."""
+
+    _standard_hooks_only = False
+
+    def register_structure_hook(self, *args: Any, **kwargs: Any) -> Any:
+        self._standard_hooks_only = False
+        return super().register_structure_hook(*args, **kwargs)
+
+    def register_structure_hook_func(self, *args: Any, **kwargs: Any) -> Any:
+        self._standard_hooks_only = False
+        return super().register_structure_hook_func(*args, **kwargs)
+
+    def register_structure_hook_factory(self, *args: Any, **kwargs: Any) -> Any:
+        self._standard_hooks_only = False
+        return super().register_structure_hook_factory(*args, **kwargs)
+
+
 def make_converter() -> cattrs.Converter:
     """A converter for vendor records: strict primitives, exact money, aware datetimes.
 
     Unknown keys are ignored (a vendor adding a field never breaks a record); a known field
     with the wrong type is an error that names its path.
     """
-    converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
+    converter = _VendorConverter(detailed_validation=True, forbid_extra_keys=False)
     converter.register_structure_hook(str, _strict_str)
     converter.register_structure_hook(int, _strict_int)
     converter.register_structure_hook(bool, _strict_bool)
@@ -208,6 +242,7 @@ def make_converter() -> cattrs.Converter:
         is_mapping,
         lambda cls: _must_be(Mapping, "an object", mapping_structure_factory(cls, converter)),
     )
+    converter._standard_hooks_only = True
     return converter
 
 
@@ -249,6 +284,10 @@ def decode(
             record_id=record_id,
             path=path,
         )
+    if getattr(converter, "_standard_hooks_only", False):
+        fast = _fast_structure(data, cls)
+        if fast is not _NO_FAST_RESULT:
+            return fast
     try:
         return converter.structure(data, cls)
     except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
@@ -264,6 +303,159 @@ def decode(
         raise DecodeError(
             str(exc), provider=provider, record_id=record_id, path=path
         ) from safe_cause(exc)
+
+
+# ------------------------------------------------------------------ the fast path of decode()
+#
+# msgspec builds the same attrs classes from the same annotations, in C, several times faster
+# than cattrs. It is used only where its result is provably what the detailed path gives: a
+# converter with the standard hooks only; a class whose field types are all understood below;
+# timestamps read by parse_datetime itself (before msgspec sees the record: vendors send forms
+# RFC 3339 does not allow, and the two parsers round differently); and a result whose every
+# decimal and integer the standard hook keeps unchanged (finite and in range, within 64 bits).
+# Anything else, including every invalid record, takes the detailed path, which names the
+# offending field.
+
+_NO_FAST_RESULT: Any = object()
+_Check = Callable[[Any], bool]
+
+
+class _NoFastPath(Exception):
+    """A field type the fast path does not handle."""
+
+
+@attrs.frozen
+class _FastPlan:
+    """How the fast path builds one class: which top-level fields are timestamps, and the
+    check of msgspec's result."""
+
+    timestamps: tuple[str, ...]
+    check: _Check
+
+
+def _fast_structure(data: Any, cls: type[T]) -> T:
+    plan = _fast_plan(cls)  # type: ignore[arg-type]
+    if plan is None or type(data) not in _PLAIN_MAPPINGS:
+        return _NO_FAST_RESULT  # type: ignore[no-any-return]
+    msgspec = _msgspec()
+    try:
+        if plan.timestamps:
+            data = dict(data)
+            for name in plan.timestamps:
+                text = data.get(name)
+                if text is not None:
+                    data[name] = parse_datetime(text)
+        value: T = msgspec.convert(data, cls)
+    except (ValueError, TypeError, ArithmeticError):  # msgspec.ValidationError: a ValueError
+        return _NO_FAST_RESULT  # type: ignore[no-any-return]
+    return value if plan.check(value) else _NO_FAST_RESULT
+
+
+def _unchanged_by(hook: Callable[[Any], Any]) -> _Check:
+    def check(value: Any) -> bool:
+        try:
+            return hook(value) is value
+        except (TypeError, ValueError, ArithmeticError):
+            return False
+
+    return check
+
+
+def _int64(value: Any) -> bool:
+    return bool(_INT_MIN <= value <= _INT_MAX)
+
+
+_CHECKS: dict[Any, _Check | None] = {
+    Decimal: _unchanged_by(parse_decimal),
+    int: _int64,
+    # msgspec gives a date (never a datetime) for a date field, which parse_date keeps.
+    date: None,
+    str: None,
+    bool: None,
+    Any: None,
+    type(None): None,
+}
+_OPTIONAL_CHECKS: dict[_Check, _Check] = {
+    _int64: lambda value: value is None or _INT_MIN <= value <= _INT_MAX,
+}
+
+
+def _optional(inner: _Check) -> _Check:
+    # One call per field, not two, for the common optional kinds.
+    return _OPTIONAL_CHECKS.get(inner) or (lambda value: value is None or inner(value))
+
+
+def _every(inner: _Check) -> _Check:
+    return lambda value: all(inner(item) for item in value)
+
+
+def _every_value(inner: _Check) -> _Check:
+    return lambda value: all(inner(item) for item in value.values())
+
+
+def _type_check(tp: Any) -> _Check | None:
+    """The check of one (nested) field type's fast result (``None``: nothing to check)."""
+    if tp in _CHECKS:
+        return _CHECKS[tp]
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        return None
+    if origin in (Union, UnionType) and type(None) in args and len(args) == 2:
+        inner = _type_check(next(a for a in args if a is not type(None)))
+        return None if inner is None else _optional(inner)
+    if (origin is list and len(args) == 1) or (
+        origin is tuple and len(args) == 2 and args[1] is Ellipsis
+    ):
+        inner = _type_check(args[0])
+        return None if inner is None else _every(inner)
+    if origin is dict and len(args) == 2 and args[0] is str:
+        inner = _type_check(args[1])
+        return None if inner is None else _every_value(inner)
+    if isinstance(tp, type) and attrs.has(tp):
+        return _class_check(tp)
+    raise _NoFastPath(tp)  # a nested timestamp among them: only top-level ones are read first
+
+
+def _class_check(cls: type, *, skip: tuple[str, ...] = ()) -> _Check | None:
+    """The check of an attrs instance: each field's (but those in ``skip``)."""
+    hints = get_type_hints(cls)
+    checks: list[tuple[str, _Check]] = []
+    for field in attrs.fields(cls):
+        field_check = None if field.name in skip else _type_check(hints[field.name])
+        if field_check is not None:
+            checks.append((field.name, field_check))
+    if not checks:
+        return None
+
+    def check_instance(value: Any) -> bool:
+        for name, check_field in checks:  # noqa: SIM110 (a loop is faster than all())
+            if not check_field(getattr(value, name)):
+                return False
+        return True
+
+    return check_instance
+
+
+def _always(value: Any) -> bool:
+    return True
+
+
+_TIMESTAMP_TYPES = (datetime, datetime | None)
+
+
+@functools.cache
+def _fast_plan(cls: type) -> _FastPlan | None:
+    """The fast path's plan for ``cls``; ``None`` when its fields are not all understood
+    (the class always takes the detailed path)."""
+    if not (isinstance(cls, type) and attrs.has(cls)):
+        return None
+    try:
+        hints = get_type_hints(cls)
+        timestamps = tuple(f.name for f in attrs.fields(cls) if hints[f.name] in _TIMESTAMP_TYPES)
+        check = _class_check(cls, skip=timestamps)
+    except (_NoFastPath, NameError, TypeError, RecursionError):
+        return None
+    return _FastPlan(timestamps=timestamps, check=check or _always)
 
 
 def listed(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import email.utils
+import functools
 import ipaddress
 import json
 import logging
@@ -59,6 +60,7 @@ from close_opps.errors import (
     TransportError,
     error_class_for_status,
 )
+from close_opps.model import FrozenDict, FrozenList
 
 __all__ = [
     "Dialect",
@@ -571,40 +573,44 @@ def _parse_constant(name: str) -> Any:
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def _check_tree(data: Any, *, strings: bool = True) -> None:
-    """Refuse nesting deeper than :data:`MAX_JSON_DEPTH` and, with ``strings``, strings
-    (values or keys) holding a lone surrogate (legal as a JSON escape, but no UTF-8 text,
-    file or database holds it).
-
-    Iterative and linear in the size of ``data``; without ``strings`` only containers are
-    visited.
-    """
-    stack: list[tuple[Any, int]] = [(data, 0)]
+def _check_strings(data: Any) -> None:
+    """Refuse strings (values or keys) holding a lone surrogate: legal as a JSON escape, but
+    no UTF-8 text, file or database holds it. Iterative, linear in the size of ``data``."""
+    stack: list[Any] = [data]
     while stack:
-        value, depth = stack.pop()
+        value = stack.pop()
         kind = type(value)
         if kind is str:
-            if strings and not value.isascii():
+            if not value.isascii():
                 try:
                     value.encode("utf-8")
                 except UnicodeEncodeError:
                     raise _Unacceptable(
                         "a string holds a lone surrogate (\\ud800-\\udfff)"
                     ) from None
-            continue
-        if kind is not dict and kind is not list:
-            continue
-        if depth >= MAX_JSON_DEPTH:
-            raise _Unacceptable(f"nested deeper than {MAX_JSON_DEPTH} levels")
-        children = value.values() if kind is dict else value
-        for item in children:
-            if type(item) in _CONTAINERS or (strings and type(item) is str):
-                stack.append((item, depth + 1))
-        if strings and kind is dict:
-            stack.extend((key, depth + 1) for key in value)
+        elif kind is dict:
+            stack.extend(value.values())
+            stack.extend(value)
+        elif kind is list:
+            stack.extend(value)
 
 
-_CONTAINERS = (dict, list)
+def _frozen_tree(value: Any, depth: int) -> Any:
+    """``value`` as :class:`FrozenDict` / :class:`FrozenList` all the way down, refusing
+    nesting deeper than :data:`MAX_JSON_DEPTH` (one walk does both)."""
+    if depth >= MAX_JSON_DEPTH:
+        raise _Unacceptable(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if type(value) is dict:
+        # A C-speed copy, then only the (few) nested containers replaced.
+        frozen = FrozenDict(value)
+        for key, item in value.items():
+            if type(item) is dict or type(item) is list:
+                dict.__setitem__(frozen, key, _frozen_tree(item, depth + 1))
+        return frozen
+    return FrozenList([_frozen_tree(v, depth + 1) if type(v) in _CONTAINERS else v for v in value])
+
+
+_CONTAINERS = frozenset({dict, list})
 #: Every digit read as "0": a run of more digits than allowed is then one substring search
 #: (a regex over a page costs as much as parsing it).
 _DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
@@ -619,21 +625,53 @@ def _has_surrogate_escape(body: bytes) -> bool:
     return (b"\\ud" in body or b"\\uD" in body) and _SURROGATE_ESCAPE.search(body) is not None
 
 
+@functools.cache
+def _fast_decoder() -> Callable[[bytes], Any]:
+    # Imported on first use: ``import close_opps`` stays light.
+    import msgspec.json
+
+    return msgspec.json.Decoder(float_hook=Decimal).decode
+
+
 def load_json(body: bytes) -> Any:
-    """``body`` parsed as JSON; ``ValueError`` for what is not JSON or is refused."""
+    """``body`` parsed as JSON, read-only all the way down (:class:`FrozenDict`,
+    :class:`FrozenList`); ``ValueError`` for what is not JSON or is refused.
+
+    msgspec's C parser reads nearly every body. A body it refuses (not UTF-8, not JSON, a
+    ``NaN``, nesting beyond its own limit), and the rare body holding a run of digits longer
+    than :data:`MAX_JSON_INT_DIGITS` or a surrogate escape, goes through :mod:`json` with
+    hooks that check those, so every refusal is the same whichever parser saw the body first.
+    """
+    data: Any = _NOT_READ
+    if not _has_long_digit_run(body) and not _has_surrogate_escape(body):
+        try:
+            data = _fast_decoder()(body)
+        except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
+            data = _NOT_READ
+    if data is _NOT_READ:
+        data = _careful_load(body)
+    if type(data) in _CONTAINERS:
+        data = _frozen_tree(data, 0)
+    return data
+
+
+_NOT_READ: Final = object()
+
+
+def _careful_load(body: bytes) -> Any:
     try:
         # The integer hook costs a Python call per integer: only for bodies that hold a run
         # of digits longer than the limit (the C parser reads the others).
-        long_digits = _has_long_digit_run(body)
         data = json.loads(
             body,
             parse_float=Decimal,
-            parse_int=_parse_int if long_digits else None,
+            parse_int=_parse_int if _has_long_digit_run(body) else None,
             parse_constant=_parse_constant,
         )
     except RecursionError:
         raise _Unacceptable(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
-    _check_tree(data, strings=_has_surrogate_escape(body))
+    if _has_surrogate_escape(body):
+        _check_strings(data)
     return data
 
 

@@ -105,21 +105,28 @@ def freeze(value: Any) -> Any:
     this function) is returned as it is."""
     kind = type(value)
     # Fast paths for what JSON decoding gives: every record's raw form goes through here.
-    if kind in _SCALARS or kind is FrozenDict or kind is FrozenList:
+    if kind in _SCALARS or kind is FrozenDict or kind is FrozenList or kind in _INERT:
         return value
     if kind is dict:
         return FrozenDict({k: v if type(v) in _SCALARS else freeze(v) for k, v in value.items()})
     if kind is list:
         return FrozenList([v if type(v) in _SCALARS else freeze(v) for v in value])
+    if kind is tuple:  # not a named tuple
+        return tuple([v if type(v) in _SCALARS else freeze(v) for v in value])
     if isinstance(value, Mapping):
         return FrozenDict({k: freeze(v) for k, v in value.items()})
     if isinstance(value, list):
         return FrozenList(freeze(v) for v in value)
-    if isinstance(value, tuple) and type(value) is tuple:  # not a named tuple
-        return tuple(freeze(v) for v in value)
     if isinstance(value, (set, frozenset)):
         return frozenset(value)
+    if not isinstance(value, tuple) and len(_INERT) < _INERT_MAX:
+        _INERT.add(kind)  # a record class, a UUID...: the (slow) ABC checks once per type
     return value
+
+
+#: Types :func:`freeze` returns as they are (learned on first sight; bounded).
+_INERT: set[type] = set()
+_INERT_MAX = 256
 
 
 def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -27,7 +27,7 @@ import attrs
 from close_opps._decoding import parse_date, parse_datetime, parse_decimal, parse_int
 from close_opps._redact import get_logger
 from close_opps.errors import DecodeError
-from close_opps.model import Money, freeze
+from close_opps.model import FrozenList, Money, freeze
 
 __all__ = [
     "CURRENCY_CODE_KEYS",
@@ -165,7 +165,7 @@ def _kind(value: Any) -> str:
 
 
 def _object(value: Any) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict) and not isinstance(value, Mapping):  # dict: no ABC check
         raise _ShapeError(f"expected an object, got {_kind(value)}")
     return value
 
@@ -411,23 +411,32 @@ def decode_value(value_type: str, value: Any) -> Any:
 
 
 def _envelope(
-    envelope: Any, *, path: str, record_id: str | None, errors: list[tuple[str, str]]
+    envelope: Any,
+    path: str,
+    name: str | None,
+    index: int | None,
+    record_id: str | None,
+    errors: list[tuple[str, str]],
 ) -> Any:
+    # The path (``path.name[index]``) is formatted only for a problem: a record has dozens
+    # of attributes and nearly all are fine.
     if envelope is None:
         return None
-    if not isinstance(envelope, Mapping):
-        errors.append((path, f"expected a {{value, value_type}} object, got {_kind(envelope)}"))
+    if not isinstance(envelope, dict) and not isinstance(envelope, Mapping):
+        why = f"expected a {{value, value_type}} object, got {_kind(envelope)}"
+        errors.append((_at(path, name, index), why))
         return None
     value_type = envelope.get("value_type")
-    if not isinstance(value_type, str):
-        errors.append((f"{path}.value_type", f"expected a string, got {_kind(value_type)}"))
-        return None
-    decoder = VALUE_DECODERS.get(value_type)
+    decoder = VALUE_DECODERS.get(value_type) if type(value_type) is str else None
     if decoder is None:
+        if not isinstance(value_type, str):
+            why = f"expected a string, got {_kind(value_type)}"
+            errors.append((f"{_at(path, name, index)}.value_type", why))
+            return None
         logger.debug(
             "reevo: record %s: %s has the unknown value_type %r, kept as received",
             record_id,
-            path,
+            _at(path, name, index),
             value_type,
         )
         return envelope
@@ -437,21 +446,30 @@ def _envelope(
     try:
         return decoder(value)
     except _ShapeError as exc:
-        errors.append((f"{path}.value{exc.where}", f"{value_type}: {exc}"))
+        errors.append((f"{_at(path, name, index)}.value{exc.where}", f"{value_type}: {exc}"))
     except (TypeError, ValueError) as exc:
-        errors.append((f"{path}.value", f"{value_type}: {exc}"))
+        errors.append((f"{_at(path, name, index)}.value", f"{value_type}: {exc}"))
     return None
 
 
+def _at(path: str, name: str | None, index: int | None) -> str:
+    where = path if name is None else f"{path}.{name}"
+    return where if index is None else f"{where}[{index}]"
+
+
 def _attribute(
-    envelope: Any, *, path: str, record_id: str | None, errors: list[tuple[str, str]]
+    envelope: Any,
+    *,
+    path: str,
+    name: str | None = None,
+    record_id: str | None,
+    errors: list[tuple[str, str]],
 ) -> Any:
     if isinstance(envelope, list):
         return tuple(
-            _envelope(item, path=f"{path}[{index}]", record_id=record_id, errors=errors)
-            for index, item in enumerate(envelope)
+            _envelope(item, path, name, i, record_id, errors) for i, item in enumerate(envelope)
         )
-    return _envelope(envelope, path=path, record_id=record_id, errors=errors)
+    return _envelope(envelope, path=path, name=name, index=None, record_id=record_id, errors=errors)
 
 
 def _raise(errors: list[tuple[str, str]], record_id: str | None) -> None:
@@ -488,7 +506,11 @@ def decode_attributes(
     """
     errors: list[tuple[str, str]] = []
     decoded = {
-        name: _attribute(envelope, path=f"{path}.{name}", record_id=record_id, errors=errors)
+        name: (
+            _envelope(envelope, path, name, None, record_id, errors)
+            if type(envelope) is not list and type(envelope) is not FrozenList
+            else _attribute(envelope, path=path, name=name, record_id=record_id, errors=errors)
+        )
         for name, envelope in attributes.items()
     }
     _raise(errors, record_id)
