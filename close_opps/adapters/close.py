@@ -193,6 +193,23 @@ def _midnight_utc(day: date | None) -> datetime | None:
     return datetime.combine(day, time(0), tzinfo=UTC) if day is not None else None
 
 
+#: The ``custom.*`` keys among a record's keys, by the tuple of its keys: the records of one
+#: listing nearly always have the same keys, and a dict lookup beats testing every key.
+_CUSTOM_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_CUSTOM_KEYS_MAX = 64
+
+
+def _custom_keys(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    keys = tuple(raw)
+    found = _CUSTOM_KEYS.get(keys)
+    if found is None:
+        found = tuple(key for key in keys if key.startswith(_CUSTOM_PREFIX))
+        if len(_CUSTOM_KEYS) >= _CUSTOM_KEYS_MAX:
+            _CUSTOM_KEYS.clear()
+        _CUSTOM_KEYS[keys] = found
+    return found
+
+
 def close_to_opportunity(raw: Mapping[str, Any], *, path: str = "$") -> Opportunity:
     """Map one Close opportunity payload to an :class:`Opportunity`.
 
@@ -240,11 +257,7 @@ def close_to_opportunity(raw: Mapping[str, Any], *, path: str = "$") -> Opportun
         won_at=won_at,
         lost_at=record.date_lost,
         closed_at=won_at or record.date_lost,
-        custom_fields={
-            key[len(_CUSTOM_PREFIX) :]: value
-            for key, value in raw.items()
-            if key.startswith(_CUSTOM_PREFIX)
-        },
+        custom_fields={key[len(_CUSTOM_PREFIX) :]: raw[key] for key in _custom_keys(raw)},
         raw=raw,
     )
 
