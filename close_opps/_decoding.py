@@ -28,7 +28,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 
 from close_opps._redact import safe_cause
 from close_opps.errors import DecodeError
-from close_opps.model import FrozenDict
+from close_opps.model import FrozenDict, Ref
 
 __all__ = [
     "MAX_DECIMAL_EXPONENT",
@@ -39,6 +39,7 @@ __all__ = [
     "parse_datetime",
     "parse_decimal",
     "parse_int",
+    "ref",
 ]
 
 T = TypeVar("T")
@@ -456,6 +457,31 @@ def _fast_plan(cls: type) -> _FastPlan | None:
     except (_NoFastPath, NameError, TypeError, RecursionError):
         return None
     return _FastPlan(timestamps=timestamps, check=check or _always)
+
+
+# ------------------------------------------------------------------------ shared references
+
+#: One :class:`~close_opps.model.Ref` per ``(id, name)`` seen lately: the records of a
+#: listing name the same few stages, pipelines and owners over and over, and sharing one
+#: immutable value saves building it and the memory of every held copy.
+_REFS: dict[tuple[str | None, str | None], Ref] = {}
+_REFS_MAX = 4096
+
+
+def ref(id_: str | None, name: str | None = None) -> Ref | None:
+    """A :class:`~close_opps.model.Ref` to ``id_``/``name``; ``None`` when both are ``None``.
+
+    Equal references are one shared (immutable) object.
+    """
+    if id_ is None and name is None:
+        return None
+    key = (id_, name)
+    found = _REFS.get(key)
+    if found is None:
+        if len(_REFS) >= _REFS_MAX:
+            _REFS.clear()
+        found = _REFS[key] = Ref(id=id_, name=name)
+    return found
 
 
 def listed(

@@ -12,6 +12,7 @@ from close_opps._decoding import (
     parse_date,
     parse_datetime,
     parse_decimal,
+    ref,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "parse_date",
     "parse_datetime",
     "parse_decimal",
+    "ref",
 ]

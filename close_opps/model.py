@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NoReturn
 
@@ -130,13 +130,10 @@ _INERT_MAX = 256
 
 
 def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    if type(value) is FrozenDict:  # a parsed record's raw form: already frozen
+        return value
     frozen: Mapping[str, Any] = freeze(value)
     return frozen
-
-
-def _aware(instance: Any, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
-    if value is not None and value.utcoffset() is None:
-        raise ValueError(f"{attribute.name} must be timezone-aware, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -183,8 +180,8 @@ class Opportunity:
 
     provider: str
     id: str
-    created_at: datetime = attrs.field(validator=_aware)
-    updated_at: datetime = attrs.field(validator=_aware)
+    created_at: datetime
+    updated_at: datetime
     name: str | None = None
     status: OpportunityStatus = OpportunityStatus.OPEN
     status_label: str | None = None
@@ -198,14 +195,32 @@ class Opportunity:
     contact: Contact | None = None
     note: str | None = None
     source: str | None = None
-    won_at: datetime | None = attrs.field(default=None, validator=_aware)
-    lost_at: datetime | None = attrs.field(default=None, validator=_aware)
-    closed_at: datetime | None = attrs.field(default=None, validator=_aware)
-    expected_close_at: datetime | None = attrs.field(default=None, validator=_aware)
+    won_at: datetime | None = None
+    lost_at: datetime | None = None
+    closed_at: datetime | None = None
+    expected_close_at: datetime | None = None
     custom_fields: Mapping[str, Any] = attrs.field(
         factory=dict, converter=_frozen_mapping, repr=False
     )
     raw: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, repr=False)
 
+    def __attrs_post_init__(self) -> None:
+        # One pass over the timestamps (six validators would be six calls per record).
+        moments = (
+            self.created_at,
+            self.updated_at,
+            self.won_at,
+            self.lost_at,
+            self.closed_at,
+            self.expected_close_at,
+        )
+        for index, value in enumerate(moments):
+            # UTC, what every adapter gives, is checked by identity alone.
+            if value is not None and value.tzinfo is not UTC and value.utcoffset() is None:
+                raise ValueError(f"{_TIMESTAMPS[index]} must be timezone-aware, got {value!r}")
+
     def __hash__(self) -> int:
         return hash((self.provider, self.id))
+
+
+_TIMESTAMPS = ("created_at", "updated_at", "won_at", "lost_at", "closed_at", "expected_close_at")

@@ -18,7 +18,7 @@ from typing import Any, Final
 import aiohttp
 import attrs
 
-from close_opps._decoding import decode, listed, make_converter
+from close_opps._decoding import decode, listed, make_converter, ref
 from close_opps._redact import get_logger
 from close_opps._tasks import fetch_in_order
 from close_opps.adapters._close_webhooks import CloseWebhooksMixin
@@ -32,7 +32,7 @@ from close_opps.errors import (
 )
 from close_opps.feed import FeedRun
 from close_opps.http import Dialect, ErrorFields, Request, Response, Secret, opt_str, path_segment
-from close_opps.model import Contact, Money, Opportunity, OpportunityStatus, Ref
+from close_opps.model import Contact, FrozenDict, Money, Opportunity, OpportunityStatus
 from close_opps.paging import PageRequest, PagingPolicy, ParsedPage
 
 __all__ = [
@@ -185,10 +185,6 @@ class CloseOpportunity:
 _converter = make_converter()
 
 
-def _ref(id_: str | None, name: str | None) -> Ref | None:
-    return Ref(id=id_, name=name) if id_ is not None or name is not None else None
-
-
 def _midnight_utc(day: date | None) -> datetime | None:
     return datetime.combine(day, time(0), tzinfo=UTC) if day is not None else None
 
@@ -233,14 +229,15 @@ def close_to_opportunity(raw: Mapping[str, Any], *, path: str = "$") -> Opportun
         else None
     )
     won_at = _midnight_utc(record.date_won)
+    custom = {key[len(_CUSTOM_PREFIX) :]: raw[key] for key in _custom_keys(raw)}
     return Opportunity(
         provider=PROVIDER,
         id=record.id,
         name=record.lead_name,
         status=status,
         status_label=record.status_label,
-        stage=_ref(record.status_id, record.status_label),
-        pipeline=_ref(record.pipeline_id, record.pipeline_name),
+        stage=ref(record.status_id, record.status_label),
+        pipeline=ref(record.pipeline_id, record.pipeline_name),
         amount=(
             Money(amount=record.value / 100, currency=record.value_currency)
             if record.value is not None
@@ -248,8 +245,8 @@ def close_to_opportunity(raw: Mapping[str, Any], *, path: str = "$") -> Opportun
         ),
         value_period=record.value_period,
         confidence=record.confidence,
-        owner=_ref(record.user_id, record.user_name),
-        company=_ref(record.lead_id, record.lead_name),
+        owner=ref(record.user_id, record.user_name),
+        company=ref(record.lead_id, record.lead_name),
         contact=contact,
         note=record.note,
         created_at=record.date_created,
@@ -257,7 +254,8 @@ def close_to_opportunity(raw: Mapping[str, Any], *, path: str = "$") -> Opportun
         won_at=won_at,
         lost_at=record.date_lost,
         closed_at=won_at or record.date_lost,
-        custom_fields={key[len(_CUSTOM_PREFIX) :]: raw[key] for key in _custom_keys(raw)},
+        # A parsed body's values are frozen already: no second walk over them.
+        custom_fields=FrozenDict(custom) if type(raw) is FrozenDict else custom,
         raw=raw,
     )
 

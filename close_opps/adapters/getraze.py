@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import attrs
 
-from close_opps._decoding import decode, make_converter
+from close_opps._decoding import decode, make_converter, ref
 from close_opps._redact import get_logger
 from close_opps.adapters.base import BaseAdapter, ListQuery
 from close_opps.errors import (
@@ -279,10 +279,6 @@ class GetrazePagination:
 _converter = make_converter()
 
 
-def _ref(id_: str | None, name: str | None) -> Ref | None:
-    return Ref(id=id_, name=name) if id_ is not None or name is not None else None
-
-
 def _status(record: GetrazeOpportunity) -> OpportunityStatus:
     """WON/LOST from the latest closing timestamp, else from the pipeline word, else OPEN."""
     stamps = [
@@ -308,10 +304,10 @@ def _status(record: GetrazeOpportunity) -> OpportunityStatus:
 
 
 def _owner(record: GetrazeOpportunity) -> Ref | None:
-    owner = _ref(record.owner_user_id, record.owner_user_name)
+    owner = ref(record.owner_user_id, record.owner_user_name)
     if owner is None and record.responsible_user is not None:
-        owner = _ref(record.responsible_user.id, record.responsible_user.name)
-    return owner or _ref(record.responsible_user_id, record.responsible_user_name)
+        owner = ref(record.responsible_user.id, record.responsible_user.name)
+    return owner or ref(record.responsible_user_id, record.responsible_user_name)
 
 
 def _contact(record: GetrazeOpportunity) -> Contact | None:
@@ -353,9 +349,9 @@ def getraze_to_opportunity(raw: Mapping[str, Any], *, path: str = "$") -> Opport
         amount = None
     lost_at = record.lost_at if record.lost_at is not None else record.discarded_at
     closed_at = {OpportunityStatus.WON: record.won_at, OpportunityStatus.LOST: lost_at}.get(status)
-    stage = _ref(record.stage_id, record.stage_name)
+    stage = ref(record.stage_id, record.stage_name)
     if stage is None and record.status is not None:
-        stage = Ref(name=record.status)  # the documented form's pipeline status is its stage
+        stage = ref(None, record.status)  # the documented form's pipeline status is its stage
     company = record.contact_company if record.contact_company is not None else record.company
     return Opportunity(
         provider=PROVIDER,
@@ -364,11 +360,11 @@ def getraze_to_opportunity(raw: Mapping[str, Any], *, path: str = "$") -> Opport
         status=status,
         status_label=record.stage_name if record.stage_name is not None else record.status,
         stage=stage,
-        pipeline=_ref(record.pipeline_id, record.pipeline_name),
+        pipeline=ref(record.pipeline_id, record.pipeline_name),
         amount=amount,
         confidence=record.probability,
         owner=_owner(record),
-        company=Ref(name=company) if company is not None else None,
+        company=ref(None, company),
         contact=_contact(record),
         note=record.notes,
         source=record.source,

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Final
 
 import attrs
 
-from close_opps._decoding import decode, listed, make_converter
+from close_opps._decoding import decode, listed, make_converter, ref
 from close_opps._redact import get_logger
 from close_opps.adapters._reevo_values import (
     VALUE_DECODERS,
@@ -275,8 +275,8 @@ def _ref(value: RecordReference | Option | None) -> Ref | None:
     if value is None:
         return None
     if isinstance(value, RecordReference):
-        return Ref(id=value.id)
-    return Ref(id=value.id, name=value.display_value)
+        return ref(value.id)
+    return ref(value.id, value.display_value)
 
 
 def _required_moment(
