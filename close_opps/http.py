@@ -638,12 +638,13 @@ def load_json(body: bytes) -> Any:
     :class:`FrozenList`); ``ValueError`` for what is not JSON or is refused.
 
     msgspec's C parser reads nearly every body. A body it refuses (not UTF-8, not JSON, a
-    ``NaN``, nesting beyond its own limit), and the rare body holding a run of digits longer
-    than :data:`MAX_JSON_INT_DIGITS` or a surrogate escape, goes through :mod:`json` with
-    hooks that check those, so every refusal is the same whichever parser saw the body first.
+    ``NaN``, a lone surrogate escape, nesting beyond its own limit), and the rare body
+    holding a run of digits longer than :data:`MAX_JSON_INT_DIGITS`, goes through
+    :mod:`json` with hooks that check those, so every refusal is the same whichever parser
+    saw the body first.
     """
     data: Any = _NOT_READ
-    if not _has_long_digit_run(body) and not _has_surrogate_escape(body):
+    if not _has_long_digit_run(body):
         try:
             data = _fast_decoder()(body)
         except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError

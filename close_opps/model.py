@@ -205,19 +205,20 @@ class Opportunity:
     raw: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        # One pass over the timestamps (six validators would be six calls per record).
-        moments = (
-            self.created_at,
-            self.updated_at,
-            self.won_at,
-            self.lost_at,
-            self.closed_at,
-            self.expected_close_at,
-        )
-        for index, value in enumerate(moments):
-            # UTC, what every adapter gives, is checked by identity alone.
-            if value is not None and value.tzinfo is not UTC and value.utcoffset() is None:
-                raise ValueError(f"{_TIMESTAMPS[index]} must be timezone-aware, got {value!r}")
+        # UTC, what every adapter gives, is checked by identity alone; anything else, once.
+        if (
+            self.created_at.tzinfo is UTC
+            and self.updated_at.tzinfo is UTC
+            and (self.won_at is None or self.won_at.tzinfo is UTC)
+            and (self.lost_at is None or self.lost_at.tzinfo is UTC)
+            and (self.closed_at is None or self.closed_at.tzinfo is UTC)
+            and (self.expected_close_at is None or self.expected_close_at.tzinfo is UTC)
+        ):
+            return
+        for name in _TIMESTAMPS:
+            value = getattr(self, name)
+            if value is not None and value.utcoffset() is None:
+                raise ValueError(f"{name} must be timezone-aware, got {value!r}")
 
     def __hash__(self) -> int:
         return hash((self.provider, self.id))

@@ -222,10 +222,17 @@ def close_to_opportunity(raw: Mapping[str, Any], *, path: str = "$") -> Opportun
         )
         status = OpportunityStatus.OPEN
     email = record.lead_primary_email.email if record.lead_primary_email else None
-    phone = next((p.phone for p in record.lead_primary_phone or () if p.phone), None)
+    phone = None
+    for number in record.lead_primary_phone or ():
+        if number.phone:
+            phone = number.phone
+            break
     contact = (
         Contact(id=record.contact_id, name=record.contact_name, email=email, phone=phone)
-        if any(v is not None for v in (record.contact_id, record.contact_name, email, phone))
+        if record.contact_id is not None
+        or record.contact_name is not None
+        or email is not None
+        or phone is not None
         else None
     )
     won_at = _midnight_utc(record.date_won)
