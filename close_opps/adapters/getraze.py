@@ -281,17 +281,17 @@ _converter = make_converter()
 
 def _status(record: GetrazeOpportunity) -> OpportunityStatus:
     """WON/LOST from the latest closing timestamp, else from the pipeline word, else OPEN."""
-    stamps = [
-        (moment, status)
-        for moment, status in (
-            (record.won_at, OpportunityStatus.WON),
-            (record.lost_at, OpportunityStatus.LOST),
-            (record.discarded_at, OpportunityStatus.LOST),
-        )
-        if moment is not None
-    ]
-    if stamps:
-        return max(stamps, key=lambda pair: pair[0])[1]
+    latest: datetime | None = None
+    closed = OpportunityStatus.OPEN
+    for moment, status in (
+        (record.won_at, OpportunityStatus.WON),
+        (record.lost_at, OpportunityStatus.LOST),
+        (record.discarded_at, OpportunityStatus.LOST),
+    ):
+        if moment is not None and (latest is None or moment > latest):
+            latest, closed = moment, status
+    if latest is not None:
+        return closed
     word = record.status if record.status is not None else record.stage_name
     if word is None:
         return OpportunityStatus.OPEN
@@ -311,21 +311,22 @@ def _owner(record: GetrazeOpportunity) -> Ref | None:
 
 
 def _contact(record: GetrazeOpportunity) -> Contact | None:
-    fields = {
-        "id": record.contact_id,
-        "name": record.contact_name if record.contact_name is not None else record.name,
-        "email": record.contact_email if record.contact_email is not None else record.email,
-        "phone": record.contact_phone if record.contact_phone is not None else record.phone,
-        "title": record.contact_title if record.contact_title is not None else record.position,
-        "url": (
+    contact = Contact(
+        id=record.contact_id,
+        name=record.contact_name if record.contact_name is not None else record.name,
+        email=record.contact_email if record.contact_email is not None else record.email,
+        phone=record.contact_phone if record.contact_phone is not None else record.phone,
+        title=record.contact_title if record.contact_title is not None else record.position,
+        url=(
             record.contact_profile_url
             if record.contact_profile_url is not None
             else record.linkedin_url
         ),
-    }
-    if all(value is None for value in fields.values()):
-        return None
-    return Contact(**fields)
+    )
+    return None if contact == _NO_CONTACT else contact
+
+
+_NO_CONTACT: Final = Contact()
 
 
 def getraze_to_opportunity(raw: Mapping[str, Any], *, path: str = "$") -> Opportunity:
