@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -38,7 +38,7 @@ import pytest
 from close_opps.adapters.base import BaseAdapter
 from close_opps.changes import ChangeKind
 from close_opps.errors import AuthenticationError, CloseOppsError, NotFoundError
-from close_opps.model import Opportunity, OpportunityStatus
+from close_opps.model import FrozenDict, FrozenList, Opportunity, OpportunityStatus
 
 __all__ = ["AdapterContract", "ContractServer"]
 
@@ -66,6 +66,27 @@ async def _everything(adapter: BaseAdapter, **arguments: Any) -> list[Opportunit
 
 
 @pytest.mark.asyncio
+def _first_mutable(value: Any, where: str) -> str | None:
+    """The path of the first container inside ``value`` that can be changed, if any."""
+    if isinstance(value, (dict, list, set)) and not isinstance(value, (FrozenDict, FrozenList)):
+        return where
+    if isinstance(value, Mapping):
+        children: list[tuple[str, Any]] = [(f"{where}[{k!r}]", v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple, frozenset)):
+        children = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+    elif attrs.has(type(value)):
+        children = [
+            (f"{where}.{f.name}", getattr(value, f.name)) for f in attrs.fields(type(value))
+        ]
+    else:
+        return None
+    for path, child in children:
+        found: str | None = _first_mutable(child, path)
+        if found is not None:
+            return found
+    return None
+
+
 class AdapterContract:
     """The contract every adapter satisfies; subclass it and provide ``contract_server``."""
 
@@ -112,6 +133,17 @@ class AdapterContract:
                 assert (one.status, one.amount) == (same.status, same.amount)
                 assert one.created_at.utcoffset() is not None
                 assert one.raw
+
+    async def test_records_are_read_only_all_the_way_down(
+        self, contract_server: ContractServer
+    ) -> None:
+        async with contract_server.connect() as adapter:
+            records = await _everything(adapter)
+            records.append(await adapter.get(records[0].id))
+        for opp in records:
+            for where, value in (("raw", opp.raw), ("custom_fields", opp.custom_fields)):
+                mutable = _first_mutable(value, where)
+                assert mutable is None, f"record {opp.id}: {mutable} can be changed"
 
     async def test_updated_since_is_inclusive_and_exact(
         self, contract_server: ContractServer
