@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from enum import Enum
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -40,7 +41,7 @@ from close_opps.errors import CloseOppsError, DecodeError
 from close_opps.feed import DEFAULT_MAX_DELETION_SHARE, Clock, check_mass_deletion, decode_cursor
 from close_opps.hub import OpportunityHub
 from close_opps.model import Opportunity
-from close_opps.serialize import flat_columns, flatten, jsonable, opportunity_to_dict
+from close_opps.serialize import _fields, canonical_json, flat_columns, jsonable
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -232,15 +233,22 @@ def _stamp_or_none(value: datetime | None) -> str | None:
 
 def _sql_value(value: Any) -> Any:
     """A flat column's value as SQLite stores it: datetimes stamped (UTC, microseconds),
-    decimals as exact text, mappings as JSON text, enums as their value."""
+    decimals as exact text, mappings as canonical JSON text, enums as their value."""
+    kind = type(value)
+    if kind is str or value is None or kind is int:
+        return value
+    if kind is datetime:
+        return _stamp(value)
+    if kind is Decimal:
+        return str(value)
     if isinstance(value, Enum):  # before str: OpportunityStatus is a StrEnum
         return value.value
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, datetime):
         return _stamp(value)
     if isinstance(value, Mapping):
-        return _dumps(jsonable(value), sort_keys=True)
+        return canonical_json(value).decode()
     return str(jsonable(value))
 
 
@@ -250,6 +258,35 @@ def _dumps(value: Any, *, sort_keys: bool = False) -> str:
 
 #: SQLite's INTEGER range.
 _SQLITE_INT: Final = range(-(2**63), 2**63)
+#: Where each flat column's value is: ``(field, part of it or None)``, in ``_FLAT`` order.
+_FLAT_PATHS: Final = tuple(
+    (c.field, c.part) for c in flat_columns() if c.name not in ("provider", "id")
+)
+
+
+def _compile_flat_values() -> Callable[[Opportunity, Callable[[Any], Any]], tuple[Any, ...]]:
+    """A function ``(opp, convert) -> values`` giving the flat columns of a record, in
+    ``_FLAT`` order: text and ``None`` as they are, anything else through ``convert``.
+
+    It is generated from :data:`_FLAT_PATHS` (so from the model, as attrs generates its
+    methods): one expression reading the 30-odd attributes costs a third of a loop over
+    them, and this runs for every record stored.
+    """
+    items = []
+    for field, part in _FLAT_PATHS:
+        if not field.isidentifier() or not (part or "x").isidentifier():  # pragma: no cover
+            raise RuntimeError(f"not an attribute name: {field}.{part}")
+        read = f"o.{field}" if part is None else f"(None if (p := o.{field}) is None else p.{part})"
+        items.append(f"(v if (v := {read}) is None or type(v) is str else convert(v))")
+    source = f"def flat_values(o, convert):\n    return ({', '.join(items)},)\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "<close_opps.sync flat columns>", "exec"), namespace)  # noqa: S102
+    function: Callable[[Opportunity, Callable[[Any], Any]], tuple[Any, ...]]
+    function = namespace["flat_values"]
+    return function
+
+
+_flat_values: Final = _compile_flat_values()
 
 
 def _row(connection: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
@@ -271,28 +308,31 @@ def _row(connection: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
 
 
 def _build_row(connection: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
+    """Each part of the record is serialized once: the ``record`` and ``raw`` columns are
+    canonical JSON (keys sorted), and the digest is computed from those very bytes."""
     if opp.confidence is not None and opp.confidence not in _SQLITE_INT:
         raise OverflowError(f"confidence {opp.confidence} is beyond SQLite's 64-bit integers")
-    record = opportunity_to_dict(opp)
-    raw = record.pop("raw", {})
-    record_json = _dumps(record)
-    digest = hashlib.sha256()
-    digest.update(_dumps(record, sort_keys=True).encode())
-    digest.update(b"\n")
-    digest.update(_dumps(raw, sort_keys=True).encode())
-    flat = flatten(opp)
+    record = canonical_json(_fields(opp))
+    raw = canonical_json(opp.raw)
     return (
         connection,
         opp.id,
         opp.provider,
-        *(_sql_value(flat[name]) for name in _FLAT),
-        record_json,
-        _dumps(raw),
-        digest.hexdigest(),
+        *_flat_values(opp, _sql_value),
+        record.decode(),
+        raw.decode(),
+        _digest(record, raw),
         now,
         now,
         None,  # deleted_at: an upsert revives a tombstone
     )
+
+
+def _digest(record: bytes, raw: bytes) -> str:
+    """The content digest: SHA-256 of the canonical JSON of the record (without ``raw``), a
+    newline, and the canonical JSON of ``raw``. Equal content gives an equal digest; any
+    change to a field or to the raw record gives another."""
+    return hashlib.sha256(record + b"\n" + raw).hexdigest()
 
 
 _ID: Final = _COLUMNS.index("id")
