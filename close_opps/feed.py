@@ -134,7 +134,8 @@ def encode_cursor(state: FeedState) -> str:
         parts.append(b"".join(uuid.UUID(i).bytes for i in ids))
     else:
         parts.append(json.dumps(ids, separators=(",", ":"), ensure_ascii=False).encode())
-    blob = zlib.compress(b"".join(parts), 9)
+    # level 6: the same size as 9 for ids (random text or bytes), in half the time
+    blob = zlib.compress(b"".join(parts), 6)
     return _PREFIX + base64.urlsafe_b64encode(blob).decode().rstrip("=")
 
 

@@ -11,7 +11,7 @@ import json
 import types
 import typing
 from collections.abc import Callable, Mapping
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from enum import Enum
 from functools import cache
@@ -138,42 +138,77 @@ def _orjson_default(value: Any) -> Any:
     return jsonable(value)
 
 
-def _ready(hint: Any, read: str, depth: int) -> str:
-    """An expression giving the value ``read`` (of type ``hint``) in the form
-    :func:`jsonable` gives it, as far as orjson does not write it so itself."""
+def _ready(hint: Any, read: str, depth: int, namespace: dict[str, Any]) -> str:
+    """An expression giving the value ``read`` (declared as ``hint``) as :func:`jsonable`
+    gives it, or as a value orjson writes the same way itself: a value of the declared type
+    inline (a UTC datetime as it is: orjson writes it as ``isoformat()`` does), anything
+    else through ``J`` (``jsonable``), so that what orjson receives is plain."""
     kind = _plain_type(hint)
     if kind is datetime:
-        return f"(v.isoformat() if type(v := {read}) is datetime else v)"
+        utc = "type(v) is datetime and v.tzinfo is UTC"
+        return f"(v if (v := {read}) is None or {utc} else J(v))"
     if kind is Decimal:
-        return f"(str(v) if type(v := {read}) is Decimal else v)"
+        return f"(v if (v := {read}) is None else str(v) if type(v) is Decimal else J(v))"
+    if kind is str or kind is int:  # exact types: a bool, an enum or a subclass goes to J
+        return f"(v if (v := {read}) is None or type(v) is {kind.__name__} else J(v))"
+    if (
+        isinstance(kind, type)
+        and issubclass(kind, Enum)
+        and kind.__name__.isidentifier()
+        and all(type(member.value) in (str, int) for member in kind)
+    ):
+        namespace[kind.__name__] = kind
+        return f"(v.value if type(v := {read}) is {kind.__name__} else J(v))"
     if kind in _MODEL_PARTS:
         var = f"p{depth}"
         hints = typing.get_type_hints(kind)
         items = ", ".join(
-            f"{name!r}: {_ready(hints[name], f'{var}.{name}', depth + 1)}"
+            f"{name!r}: {_ready(hints[name], f'{var}.{name}', depth + 1, namespace)}"
             for name in _attribute_names(kind)
         )
         return (
             f"(None if ({var} := {read}) is None else {{{items}}} "
-            f"if type({var}) is {kind.__name__} else {var})"
+            f"if type({var}) is {kind.__name__} else J({var}))"
         )
-    return read
+    return f"J({read})"
 
 
 def _compile_fields() -> Any:
-    """``fields(opportunity) -> dict``: every field but ``raw``, ready for orjson (with
-    :func:`_orjson_default` for the rest), generated from the model as attrs generates its
-    methods: reading the nested records and datetimes inline costs three quarters of
-    handing each to a Python callback from orjson."""
+    """``fields(opportunity, custom) -> dict``: every field but ``raw`` as
+    :func:`opportunity_to_dict` has it, ``custom_fields`` being ``custom`` (its JSON, made
+    beforehand), and UTC datetimes left for orjson to write.
+
+    Generated from the model, as attrs generates its methods: reading the nested records
+    and formatting the datetimes inline (the latter in orjson) costs half of handing each
+    value to a Python callback from orjson.
+    """
     hints = typing.get_type_hints(Opportunity)
+    namespace: dict[str, Any] = {"datetime": datetime, "Decimal": Decimal, "UTC": UTC}
+    namespace.update({"J": jsonable}, **{kind.__name__: kind for kind in _MODEL_PARTS})
     items = ", ".join(
-        f"{name!r}: {_ready(hints[name], f'o.{name}', 0)}" for name in FIELDS if name != "raw"
+        f"{name!r}: "
+        + ("custom" if name == "custom_fields" else _ready(hints[name], f"o.{name}", 0, namespace))
+        for name in FIELDS
+        if name != "raw"
     )
-    source = f"def fields(o):\n    return {{{items}}}\n"
-    namespace: dict[str, Any] = {"datetime": datetime, "Decimal": Decimal}
-    namespace.update((kind.__name__, kind) for kind in _MODEL_PARTS)
+    source = f"def fields(o, custom):\n    return {{{items}}}\n"
     exec(compile(source, "<close_opps.serialize fields>", "exec"), namespace)  # noqa: S102
     return namespace["fields"]
+
+
+def _record_json(opportunity: Opportunity) -> tuple[bytes, bytes]:
+    """``canonical_json(opportunity_to_dict(opportunity, raw=False))`` and
+    ``canonical_json(opportunity.custom_fields)``, the custom fields serialized once for
+    both (the sync store writes both: its ``record`` and ``custom_fields`` columns)."""
+    custom = canonical_json(opportunity.custom_fields)
+    try:
+        record = orjson.dumps(_fields(opportunity, orjson.Fragment(custom)), option=_SORTED)
+    except orjson.JSONEncodeError:  # what orjson refuses: the long way, as canonical_json
+        record = canonical_json(opportunity_to_dict(opportunity, raw=False))
+    return record, custom
+
+
+_SORTED: Final = orjson.OPT_SORT_KEYS
 
 
 def opportunity_to_json(opportunity: Opportunity, *, raw: bool = True) -> str:
@@ -243,6 +278,5 @@ def flatten(opportunity: Opportunity) -> dict[str, Any]:
     return row
 
 
-#: ``_fields(opportunity)``: its fields but ``raw``, for :func:`canonical_json` (the sync
-#: store's ``record`` column: ``canonical_json(_fields(opp))``).
-_fields: Final[Callable[[Opportunity], dict[str, Any]]] = _compile_fields()
+#: ``_fields(opportunity, custom)``: its fields but ``raw``, for :func:`_record_json`.
+_fields: Final[Callable[[Opportunity, Any], dict[str, Any]]] = _compile_fields()

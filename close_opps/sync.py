@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import typing
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,13 @@ from close_opps.errors import CloseOppsError, DecodeError
 from close_opps.feed import DEFAULT_MAX_DELETION_SHARE, Clock, check_mass_deletion, decode_cursor
 from close_opps.hub import OpportunityHub
 from close_opps.model import Opportunity
-from close_opps.serialize import _fields, canonical_json, flat_columns, jsonable
+from close_opps.serialize import (
+    _plain_type,
+    _record_json,
+    canonical_json,
+    flat_columns,
+    jsonable,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -264,24 +271,53 @@ _FLAT_PATHS: Final = tuple(
 )
 
 
-def _compile_flat_values() -> Callable[[Opportunity, Callable[[Any], Any]], tuple[Any, ...]]:
-    """A function ``(opp, convert) -> values`` giving the flat columns of a record, in
-    ``_FLAT`` order: text and ``None`` as they are, anything else through ``convert``.
+def _column_type(field: str, part: str | None) -> Any:
+    """The declared type of a flat column (``X | None`` as ``X``)."""
+    kind = _plain_type(typing.get_type_hints(Opportunity)[field])
+    if part is not None:
+        kind = _plain_type(typing.get_type_hints(kind)[part])
+    return kind
+
+
+def _compile_flat_values() -> Callable[[Opportunity, Callable[[Any], Any], str], tuple[Any, ...]]:
+    """A function ``(opp, convert, custom) -> values`` giving the flat columns of a record,
+    in ``_FLAT`` order, as :func:`_sql_value` (passed as ``convert``) gives them; ``custom``
+    is the canonical JSON of the record's custom fields, made already.
 
     It is generated from :data:`_FLAT_PATHS` (so from the model, as attrs generates its
-    methods): one expression reading the 30-odd attributes costs a third of a loop over
-    them, and this runs for every record stored.
+    methods): one expression reading the 30-odd attributes, converting a value of its
+    column's declared type inline (a datetime stamped, a decimal as text, an enum as its
+    value) and anything else through ``convert``, costs a third of a loop over them, and
+    this runs for every record stored.
     """
+    namespace: dict[str, Any] = {"stamp": _stamp, "Mapping": Mapping}
     items = []
-    for field, part in _FLAT_PATHS:
+    for number, (field, part) in enumerate(_FLAT_PATHS):
         if not field.isidentifier() or not (part or "x").isidentifier():  # pragma: no cover
             raise RuntimeError(f"not an attribute name: {field}.{part}")
         read = f"o.{field}" if part is None else f"(None if (p := o.{field}) is None else p.{part})"
-        items.append(f"(v if (v := {read}) is None or type(v) is str else convert(v))")
-    source = f"def flat_values(o, convert):\n    return ({', '.join(items)},)\n"
-    namespace: dict[str, Any] = {}
+        if (field, part) == ("custom_fields", None):  # its JSON, made with the record's
+            items.append(
+                f"(v if (v := o.{field}) is None or type(v) is str "
+                "else custom if isinstance(v, Mapping) else convert(v))"
+            )
+            continue
+        kind = _column_type(field, part)
+        inline = {
+            datetime: "stamp(v)",
+            Decimal: "str(v)",
+            int: "v",
+        }.get(kind)
+        if inline is None and isinstance(kind, type) and issubclass(kind, Enum):
+            inline = "v.value"
+        fast = ""
+        if inline is not None:
+            namespace[f"T{number}"] = kind
+            fast = f"{inline} if type(v) is T{number} else "
+        items.append(f"(v if (v := {read}) is None or type(v) is str else {fast}convert(v))")
+    source = f"def flat_values(o, convert, custom):\n    return ({', '.join(items)},)\n"
     exec(compile(source, "<close_opps.sync flat columns>", "exec"), namespace)  # noqa: S102
-    function: Callable[[Opportunity, Callable[[Any], Any]], tuple[Any, ...]]
+    function: Callable[[Opportunity, Callable[[Any], Any], str], tuple[Any, ...]]
     function = namespace["flat_values"]
     return function
 
@@ -312,13 +348,13 @@ def _build_row(connection: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
     canonical JSON (keys sorted), and the digest is computed from those very bytes."""
     if opp.confidence is not None and opp.confidence not in _SQLITE_INT:
         raise OverflowError(f"confidence {opp.confidence} is beyond SQLite's 64-bit integers")
-    record = canonical_json(_fields(opp))
+    record, custom = _record_json(opp)
     raw = canonical_json(opp.raw)
     return (
         connection,
         opp.id,
         opp.provider,
-        *_flat_values(opp, _sql_value),
+        *_flat_values(opp, _sql_value, custom.decode()),
         record.decode(),
         raw.decode(),
         _digest(record, raw),
