@@ -499,8 +499,18 @@ class ChangeFeed:
         """
         if self.cursor is not None:
             return self.cursor
-        state = self._run.partial_state()
+        state = self.checkpoint_state()
         return encode_cursor(state) if state is not None else None
+
+    def checkpoint_state(self) -> FeedState | None:
+        """What :meth:`checkpoint` encodes, taken at once (a copy of the ids delivered, a
+        small cost), so that the encoding can run later, off the event loop, while the
+        feed is read on: ``encode_cursor(state)`` is then the checkpoint of this moment.
+        ``None`` when :meth:`checkpoint` would be, and after the end (see :attr:`cursor`).
+        """
+        if self.cursor is not None:
+            return None
+        return self._run.partial_state()
 
     async def aclose(self) -> None:
         """Stop the feed (no cursor is set)."""

@@ -39,7 +39,14 @@ from close_opps.adapters.base import BaseAdapter
 from close_opps.changes import Change, ChangeKind
 from close_opps.connections import Connection
 from close_opps.errors import CloseOppsError, DecodeError
-from close_opps.feed import DEFAULT_MAX_DELETION_SHARE, Clock, check_mass_deletion, decode_cursor
+from close_opps.feed import (
+    DEFAULT_MAX_DELETION_SHARE,
+    Clock,
+    FeedState,
+    check_mass_deletion,
+    decode_cursor,
+    encode_cursor,
+)
 from close_opps.hub import OpportunityHub
 from close_opps.model import Opportunity
 from close_opps.serialize import (
@@ -1137,12 +1144,14 @@ async def _sync_one(
     counts = UpsertCounts()
     newest: datetime | None = None
     batch: list[Change] = []
+    #: The batch being written (in the store's thread) while the feed is read on: one at a
+    #: time, so batches are applied in order; its failure is raised at the next flush.
+    writing: asyncio.Task[None] | None = None
 
-    async def flush(*, cursor: str | None = None, complete: bool = False) -> None:
-        nonlocal newest, batch, counts
-        done, batch = batch, []
-        if not done and cursor is None:
-            return
+    async def write(done: list[Change], cursor: str | FeedState | None, complete: bool) -> None:
+        nonlocal newest, counts
+        if isinstance(cursor, FeedState):  # a checkpoint: encoded here, as the feed reads on
+            cursor = await asyncio.to_thread(encode_cursor, cursor)
         counts += await store.apply(name, done, cursor=cursor, complete=complete)
         moments = [c.opportunity.updated_at for c in done if c.opportunity is not None]
         if moments and (newest is None or max(moments) > newest):
@@ -1150,19 +1159,40 @@ async def _sync_one(
         if on_progress is not None and done:
             on_progress(name, counts.inserted + counts.updated + counts.unchanged + counts.deleted)
 
+    async def settle() -> None:
+        """Wait for the batch being written, if any."""
+        nonlocal writing
+        if writing is not None:
+            task, writing = writing, None
+            await task
+
+    async def flush(
+        *, cursor: str | FeedState | None = None, complete: bool = False, wait: bool = True
+    ) -> None:
+        """Write the batch (with ``cursor``) after the one being written; ``wait=False``
+        returns while it is written, so the next batch is read meanwhile."""
+        nonlocal batch, writing
+        await settle()  # first: if that write failed, this batch is still in ``batch``
+        done, batch = batch, []
+        if not done and cursor is None:
+            return
+        writing = asyncio.create_task(write(done, cursor, complete))
+        if wait:
+            await settle()
+
     delivered = checkpointed = 0
 
-    async def checkpoint() -> str | None:
+    def checkpoint() -> FeedState | None:
         """A first run's checkpoint, to go in with the batch: a run killed later resumes
-        after it (None for other runs: they restart from their cursor). Encoding one costs
-        time in the number of records delivered, so it is done off the event loop (the
-        feed does not move meanwhile), with every batch at first, then every tenth of the
-        way: a killed run redoes at most a tenth of its work."""
+        after it (None for other runs: they restart from their cursor). Taken here, it is
+        encoded with the batch's write, off the event loop while the feed reads on (that
+        costs time in the number of records delivered), with every batch at first, then
+        every tenth of the way: a killed run redoes at most a tenth of its work."""
         nonlocal checkpointed
         if delivered - checkpointed < max(batch_size, checkpointed // 10):
             return None
         checkpointed = delivered
-        return await asyncio.to_thread(feed.checkpoint)
+        return feed.checkpoint_state()
 
     logger.debug("syncing %s from %s", name, "its cursor" if since else "the beginning")
     try:
@@ -1170,13 +1200,17 @@ async def _sync_one(
             batch.append(change)
             delivered += 1
             if len(batch) >= batch_size:
-                await flush(cursor=await checkpoint(), complete=False)
+                await flush(cursor=checkpoint(), complete=False, wait=False)
+        await settle()
     except CloseOppsError:
         # keep what was read (with the checkpoint it reached); the cursor stays
         checkpointed = -batch_size  # whatever the spacing: this is the last chance
-        await flush(cursor=await checkpoint(), complete=False)
+        await flush(cursor=checkpoint(), complete=False)
         raise
     finally:
+        if writing is not None:  # a bug, or cancelled: stop waiting for the batch
+            writing.cancel()
+            await asyncio.gather(writing, return_exceptions=True)
         await feed.aclose()
     assert feed.cursor is not None  # the feed ran to its end
     if feed.full_resync:

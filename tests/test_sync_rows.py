@@ -13,6 +13,7 @@ digest is computed from those very bytes. These tests pin down that
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import enum
@@ -31,7 +32,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import close_opps
-from close_opps import Contact, Money, Opportunity, OpportunityStatus, Ref
+from close_opps import Change, Contact, Money, Opportunity, OpportunityStatus, Ref
+from close_opps.feed import ChangeFeed
 from close_opps.sandbox import Sandbox
 from close_opps.serialize import (
     FIELDS,
@@ -41,7 +43,7 @@ from close_opps.serialize import (
     jsonable,
     opportunity_to_dict,
 )
-from close_opps.sync import _FLAT, _HASH, _row, _sql_value, open_store, sync
+from close_opps.sync import _FLAT, _HASH, SyncStore, _row, _sql_value, open_store, sync
 
 NOW = "2025-01-01T00:00:00.000000+00:00"
 
@@ -323,3 +325,50 @@ async def test_rows_round_trip_and_keep_earlier_digests(sb: Sandbox, tmp_path: P
             counts = await store.upsert(adapter.provider, listed)
             assert counts.unchanged == len(listed)
             assert counts.inserted == counts.updated == 0
+
+
+# ------------------------------------------------------------------ writes overlap reads
+
+
+class HeldStore(SyncStore):
+    """Holds its first write back until the feed has delivered the next batch too (or gave
+    up waiting): a sync that waits for each write before reading on never gets there."""
+
+    def __init__(self, path: Path, delivered: list[int]) -> None:
+        super().__init__(path)
+        self.delivered = delivered
+        self.seen_during_first_write: int | None = None
+
+    async def apply(self, provider: str, changes: Any, **options: Any) -> Any:
+        batch = list(changes)
+        if self.seen_during_first_write is None and batch:
+            for _ in range(2000):  # turns of the event loop, not time
+                if self.delivered[0] >= 2 * len(batch):
+                    break
+                await asyncio.sleep(0)
+            self.seen_during_first_write = self.delivered[0]
+        return await super().apply(provider, batch, **options)
+
+
+async def test_the_next_batch_is_read_while_one_is_written(
+    sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delivered = [0]
+    original = ChangeFeed.__anext__
+
+    async def counted(self: ChangeFeed) -> Change:
+        change = await original(self)
+        delivered[0] += 1
+        return change
+
+    monkeypatch.setattr(ChangeFeed, "__anext__", counted)
+    server = sb["close"]
+    async with (
+        close_opps.connect("close", api_key=server.api_key, base_url=server.base_url) as close,
+        HeldStore(tmp_path / "o.db", delivered) as store,
+    ):
+        reports = await sync([close], store, batch_size=10)
+        assert reports["close"].inserted == len(server.ids)
+        assert await store.count("close") == len(server.ids)
+    assert store.seen_during_first_write is not None
+    assert store.seen_during_first_write >= 20
