@@ -113,13 +113,18 @@ def may_hold_key(text: str) -> bool:
     a form in any string of the record would be in the text as it is. The writers check the
     text they made and scrub the record only when this says so (scrubbing walks every value
     of the record: it cost more than listing it)."""
-    forms = _forms() + live_forms()
-    return _rewritten(forms) or any(form in text for form in forms)
+    probes = _probes(_forms() + live_forms())
+    return probes is None or any(probe in text for probe in probes)
 
 
 @functools.lru_cache(maxsize=16)
-def _rewritten(forms: tuple[str, ...]) -> bool:
-    return any(_REWRITTEN.search(form) for form in forms)
+def _probes(forms: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The forms to look for in a text: those holding no other form (where a longer one is,
+    the shorter one it holds is too), or ``None`` when a form has a character JSON or CSV
+    writes escaped (no text can tell then)."""
+    if any(_REWRITTEN.search(form) for form in forms):
+        return None
+    return tuple(f for f in set(forms) if not any(o != f and o in f for o in forms))
 
 
 def _redact(text: str) -> str:
