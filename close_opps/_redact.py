@@ -29,6 +29,7 @@ __all__ = [
     "RedactingFilter",
     "forms_of",
     "get_logger",
+    "live_forms",
     "redact",
     "redact_data",
     "register",
@@ -97,6 +98,11 @@ def register(owner: object, key: str) -> tuple[str, ...]:
         _all_forms = tuple(sorted(every, key=len, reverse=True))
     weakref.finalize(owner, _unregister, token)
     return _own_forms(key)
+
+
+def live_forms() -> tuple[str, ...]:
+    """Every form of every live key, longest first (what :func:`redact` replaces by default)."""
+    return _all_forms
 
 
 def redact(text: str, forms: tuple[str, ...] | None = None) -> str:

@@ -134,7 +134,8 @@ def encode_cursor(state: FeedState) -> str:
         parts.append(b"".join(uuid.UUID(i).bytes for i in ids))
     else:
         parts.append(json.dumps(ids, separators=(",", ":"), ensure_ascii=False).encode())
-    blob = zlib.compress(b"".join(parts), 9)
+    # level 6: the same size as 9 for ids (random text or bytes), in half the time
+    blob = zlib.compress(b"".join(parts), 6)
     return _PREFIX + base64.urlsafe_b64encode(blob).decode().rstrip("=")
 
 
@@ -498,8 +499,18 @@ class ChangeFeed:
         """
         if self.cursor is not None:
             return self.cursor
-        state = self._run.partial_state()
+        state = self.checkpoint_state()
         return encode_cursor(state) if state is not None else None
+
+    def checkpoint_state(self) -> FeedState | None:
+        """What :meth:`checkpoint` encodes, taken at once (a copy of the ids delivered, a
+        small cost), so that the encoding can run later, off the event loop, while the
+        feed is read on: ``encode_cursor(state)`` is then the checkpoint of this moment.
+        ``None`` when :meth:`checkpoint` would be, and after the end (see :attr:`cursor`).
+        """
+        if self.cursor is not None:
+            return None
+        return self._run.partial_state()
 
     async def aclose(self) -> None:
         """Stop the feed (no cursor is set)."""

@@ -21,10 +21,12 @@ import hashlib
 import json
 import os
 import sqlite3
+import typing
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from enum import Enum
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -37,10 +39,23 @@ from close_opps.adapters.base import BaseAdapter
 from close_opps.changes import Change, ChangeKind
 from close_opps.connections import Connection
 from close_opps.errors import CloseOppsError, DecodeError
-from close_opps.feed import DEFAULT_MAX_DELETION_SHARE, Clock, check_mass_deletion, decode_cursor
+from close_opps.feed import (
+    DEFAULT_MAX_DELETION_SHARE,
+    Clock,
+    FeedState,
+    check_mass_deletion,
+    decode_cursor,
+    encode_cursor,
+)
 from close_opps.hub import OpportunityHub
 from close_opps.model import Opportunity
-from close_opps.serialize import flat_columns, flatten, jsonable, opportunity_to_dict
+from close_opps.serialize import (
+    _plain_type,
+    _record_json,
+    canonical_json,
+    flat_columns,
+    jsonable,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -232,15 +247,22 @@ def _stamp_or_none(value: datetime | None) -> str | None:
 
 def _sql_value(value: Any) -> Any:
     """A flat column's value as SQLite stores it: datetimes stamped (UTC, microseconds),
-    decimals as exact text, mappings as JSON text, enums as their value."""
+    decimals as exact text, mappings as canonical JSON text, enums as their value."""
+    kind = type(value)
+    if kind is str or value is None or kind is int:
+        return value
+    if kind is datetime:
+        return _stamp(value)
+    if kind is Decimal:
+        return str(value)
     if isinstance(value, Enum):  # before str: OpportunityStatus is a StrEnum
         return value.value
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, datetime):
         return _stamp(value)
     if isinstance(value, Mapping):
-        return _dumps(jsonable(value), sort_keys=True)
+        return canonical_json(value).decode()
     return str(jsonable(value))
 
 
@@ -250,6 +272,64 @@ def _dumps(value: Any, *, sort_keys: bool = False) -> str:
 
 #: SQLite's INTEGER range.
 _SQLITE_INT: Final = range(-(2**63), 2**63)
+#: Where each flat column's value is: ``(field, part of it or None)``, in ``_FLAT`` order.
+_FLAT_PATHS: Final = tuple(
+    (c.field, c.part) for c in flat_columns() if c.name not in ("provider", "id")
+)
+
+
+def _column_type(field: str, part: str | None) -> Any:
+    """The declared type of a flat column (``X | None`` as ``X``)."""
+    kind = _plain_type(typing.get_type_hints(Opportunity)[field])
+    if part is not None:
+        kind = _plain_type(typing.get_type_hints(kind)[part])
+    return kind
+
+
+def _compile_flat_values() -> Callable[[Opportunity, Callable[[Any], Any], str], tuple[Any, ...]]:
+    """A function ``(opp, convert, custom) -> values`` giving the flat columns of a record,
+    in ``_FLAT`` order, as :func:`_sql_value` (passed as ``convert``) gives them; ``custom``
+    is the canonical JSON of the record's custom fields, made already.
+
+    It is generated from :data:`_FLAT_PATHS` (so from the model, as attrs generates its
+    methods): one expression reading the 30-odd attributes, converting a value of its
+    column's declared type inline (a datetime stamped, a decimal as text, an enum as its
+    value) and anything else through ``convert``, costs a third of a loop over them, and
+    this runs for every record stored.
+    """
+    namespace: dict[str, Any] = {"stamp": _stamp, "Mapping": Mapping}
+    items = []
+    for number, (field, part) in enumerate(_FLAT_PATHS):
+        if not field.isidentifier() or not (part or "x").isidentifier():  # pragma: no cover
+            raise RuntimeError(f"not an attribute name: {field}.{part}")
+        read = f"o.{field}" if part is None else f"(None if (p := o.{field}) is None else p.{part})"
+        if (field, part) == ("custom_fields", None):  # its JSON, made with the record's
+            items.append(
+                f"(v if (v := o.{field}) is None or type(v) is str "
+                "else custom if isinstance(v, Mapping) else convert(v))"
+            )
+            continue
+        kind = _column_type(field, part)
+        inline = {
+            datetime: "stamp(v)",
+            Decimal: "str(v)",
+            int: "v",
+        }.get(kind)
+        if inline is None and isinstance(kind, type) and issubclass(kind, Enum):
+            inline = "v.value"
+        fast = ""
+        if inline is not None:
+            namespace[f"T{number}"] = kind
+            fast = f"{inline} if type(v) is T{number} else "
+        items.append(f"(v if (v := {read}) is None or type(v) is str else {fast}convert(v))")
+    source = f"def flat_values(o, convert, custom):\n    return ({', '.join(items)},)\n"
+    exec(compile(source, "<close_opps.sync flat columns>", "exec"), namespace)  # noqa: S102
+    function: Callable[[Opportunity, Callable[[Any], Any], str], tuple[Any, ...]]
+    function = namespace["flat_values"]
+    return function
+
+
+_flat_values: Final = _compile_flat_values()
 
 
 def _row(connection: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
@@ -271,28 +351,31 @@ def _row(connection: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
 
 
 def _build_row(connection: str, opp: Opportunity, now: str) -> tuple[Any, ...]:
+    """Each part of the record is serialized once: the ``record`` and ``raw`` columns are
+    canonical JSON (keys sorted), and the digest is computed from those very bytes."""
     if opp.confidence is not None and opp.confidence not in _SQLITE_INT:
         raise OverflowError(f"confidence {opp.confidence} is beyond SQLite's 64-bit integers")
-    record = opportunity_to_dict(opp)
-    raw = record.pop("raw", {})
-    record_json = _dumps(record)
-    digest = hashlib.sha256()
-    digest.update(_dumps(record, sort_keys=True).encode())
-    digest.update(b"\n")
-    digest.update(_dumps(raw, sort_keys=True).encode())
-    flat = flatten(opp)
+    record, custom = _record_json(opp)
+    raw = canonical_json(opp.raw)
     return (
         connection,
         opp.id,
         opp.provider,
-        *(_sql_value(flat[name]) for name in _FLAT),
-        record_json,
-        _dumps(raw),
-        digest.hexdigest(),
+        *_flat_values(opp, _sql_value, custom.decode()),
+        record.decode(),
+        raw.decode(),
+        _digest(record, raw),
         now,
         now,
         None,  # deleted_at: an upsert revives a tombstone
     )
+
+
+def _digest(record: bytes, raw: bytes) -> str:
+    """The content digest: SHA-256 of the canonical JSON of the record (without ``raw``), a
+    newline, and the canonical JSON of ``raw``. Equal content gives an equal digest; any
+    change to a field or to the raw record gives another."""
+    return hashlib.sha256(record + b"\n" + raw).hexdigest()
 
 
 _ID: Final = _COLUMNS.index("id")
@@ -1061,12 +1144,14 @@ async def _sync_one(
     counts = UpsertCounts()
     newest: datetime | None = None
     batch: list[Change] = []
+    #: The batch being written (in the store's thread) while the feed is read on: one at a
+    #: time, so batches are applied in order; its failure is raised at the next flush.
+    writing: asyncio.Task[None] | None = None
 
-    async def flush(*, cursor: str | None = None, complete: bool = False) -> None:
-        nonlocal newest, batch, counts
-        done, batch = batch, []
-        if not done and cursor is None:
-            return
+    async def write(done: list[Change], cursor: str | FeedState | None, complete: bool) -> None:
+        nonlocal newest, counts
+        if isinstance(cursor, FeedState):  # a checkpoint: encoded here, as the feed reads on
+            cursor = await asyncio.to_thread(encode_cursor, cursor)
         counts += await store.apply(name, done, cursor=cursor, complete=complete)
         moments = [c.opportunity.updated_at for c in done if c.opportunity is not None]
         if moments and (newest is None or max(moments) > newest):
@@ -1074,19 +1159,40 @@ async def _sync_one(
         if on_progress is not None and done:
             on_progress(name, counts.inserted + counts.updated + counts.unchanged + counts.deleted)
 
+    async def settle() -> None:
+        """Wait for the batch being written, if any."""
+        nonlocal writing
+        if writing is not None:
+            task, writing = writing, None
+            await task
+
+    async def flush(
+        *, cursor: str | FeedState | None = None, complete: bool = False, wait: bool = True
+    ) -> None:
+        """Write the batch (with ``cursor``) after the one being written; ``wait=False``
+        returns while it is written, so the next batch is read meanwhile."""
+        nonlocal batch, writing
+        await settle()  # first: if that write failed, this batch is still in ``batch``
+        done, batch = batch, []
+        if not done and cursor is None:
+            return
+        writing = asyncio.create_task(write(done, cursor, complete))
+        if wait:
+            await settle()
+
     delivered = checkpointed = 0
 
-    async def checkpoint() -> str | None:
+    def checkpoint() -> FeedState | None:
         """A first run's checkpoint, to go in with the batch: a run killed later resumes
-        after it (None for other runs: they restart from their cursor). Encoding one costs
-        time in the number of records delivered, so it is done off the event loop (the
-        feed does not move meanwhile), with every batch at first, then every tenth of the
-        way: a killed run redoes at most a tenth of its work."""
+        after it (None for other runs: they restart from their cursor). Taken here, it is
+        encoded with the batch's write, off the event loop while the feed reads on (that
+        costs time in the number of records delivered), with every batch at first, then
+        every tenth of the way: a killed run redoes at most a tenth of its work."""
         nonlocal checkpointed
         if delivered - checkpointed < max(batch_size, checkpointed // 10):
             return None
         checkpointed = delivered
-        return await asyncio.to_thread(feed.checkpoint)
+        return feed.checkpoint_state()
 
     logger.debug("syncing %s from %s", name, "its cursor" if since else "the beginning")
     try:
@@ -1094,13 +1200,17 @@ async def _sync_one(
             batch.append(change)
             delivered += 1
             if len(batch) >= batch_size:
-                await flush(cursor=await checkpoint(), complete=False)
+                await flush(cursor=checkpoint(), complete=False, wait=False)
+        await settle()
     except CloseOppsError:
         # keep what was read (with the checkpoint it reached); the cursor stays
         checkpointed = -batch_size  # whatever the spacing: this is the last chance
-        await flush(cursor=await checkpoint(), complete=False)
+        await flush(cursor=checkpoint(), complete=False)
         raise
     finally:
+        if writing is not None:  # a bug, or cancelled: stop waiting for the batch
+            writing.cancel()
+            await asyncio.gather(writing, return_exceptions=True)
         await feed.aclose()
     assert feed.cursor is not None  # the feed ran to its end
     if feed.full_resync:

@@ -35,6 +35,7 @@ from ._runtime import (
     database_errors,
     fail,
     logging_for,
+    may_hold_key,
     open_adapters,
     open_db,
     progress,
@@ -355,7 +356,7 @@ async def _list(
 ) -> None:
     async with open_adapters([target], sandbox=sandbox, connection=connection) as found:
         adapter = found[target.provider]
-        writer = render.make_writer(fmt, raw=raw)
+        writer = render.make_writer(fmt, raw=raw, scrub=scrub, may_hold_key=may_hold_key)
         fetch = limit
         if fmt is render.OutputFormat.TABLE and (limit is None or limit > render.TABLE_MAX_ROWS):
             fetch = render.TABLE_MAX_ROWS + 1  # one more tells the table there are more
@@ -368,7 +369,7 @@ async def _list(
                         total = page.total if fetch is None else min(page.total, fetch)
                         bar.update(task, total=total)
                     for opp in page.items:
-                        writer.write(scrub(opp))
+                        writer.write(opp)  # scrubbed by the writer where keys may show
                     bar.advance(task, len(page.items))
     writer.finish()
 
@@ -421,8 +422,10 @@ def get(
     if chosen is render.RecordFormat.TABLE:
         render.print_record(scrub(opp))
     else:
-        writer = render.make_writer(render.OutputFormat.JSONL, raw=raw)
-        writer.write(scrub(opp))
+        writer = render.make_writer(
+            render.OutputFormat.JSONL, raw=raw, scrub=scrub, may_hold_key=may_hold_key
+        )
+        writer.write(opp)
         writer.finish()
 
 

@@ -14,7 +14,7 @@ import os
 import sys
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -137,19 +137,45 @@ class Writer(Protocol):
     def finish(self) -> None: ...
 
 
+def _unchanged(opportunity: Opportunity) -> Opportunity:
+    return opportunity
+
+
+def _clean(text: str) -> bool:
+    return False
+
+
 class _JsonlWriter:
-    def __init__(self, *, raw: bool) -> None:
+    def __init__(
+        self,
+        *,
+        raw: bool,
+        scrub: Callable[[Opportunity], Opportunity],
+        may_hold_key: Callable[[str], bool],
+    ) -> None:
         self._raw = raw
+        self._scrub = scrub
+        self._may_hold_key = may_hold_key
 
     def write(self, opportunity: Opportunity) -> None:
-        emit(opportunity_to_json(opportunity, raw=self._raw) + "\n")
+        line = opportunity_to_json(opportunity, raw=self._raw)
+        if self._may_hold_key(line):
+            line = opportunity_to_json(self._scrub(opportunity), raw=self._raw)
+        emit(line + "\n")
 
     def finish(self) -> None:
         sys.stdout.flush()
 
 
 class _CsvWriter:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        scrub: Callable[[Opportunity], Opportunity],
+        may_hold_key: Callable[[str], bool],
+    ) -> None:
+        self._scrub = scrub
+        self._may_hold_key = may_hold_key
         self._names = [c.name for c in csv_columns()]
         self._buffer = io.StringIO()
         self._csv = csv.DictWriter(self._buffer, fieldnames=self._names, lineterminator="\n")
@@ -163,6 +189,10 @@ class _CsvWriter:
 
     def write(self, opportunity: Opportunity) -> None:
         self._csv.writerow(flatten(opportunity))
+        if self._may_hold_key(self._buffer.getvalue()):
+            self._buffer.seek(0)
+            self._buffer.truncate()
+            self._csv.writerow(flatten(self._scrub(opportunity)))
         self._flush()
 
     def finish(self) -> None:
@@ -173,14 +203,15 @@ class _TableWriter:
     """Keeps up to :data:`TABLE_MAX_ROWS` records (a table is laid out once it has them all);
     one more means "there are more", said under the table."""
 
-    def __init__(self, *, show_provider: bool) -> None:
+    def __init__(self, *, show_provider: bool, scrub: Callable[[Opportunity], Opportunity]) -> None:
         self._show_provider = show_provider
+        self._scrub = scrub
         self._records: list[Opportunity] = []
         self._more = False
 
     def write(self, opportunity: Opportunity) -> None:
         if len(self._records) < TABLE_MAX_ROWS:
-            self._records.append(opportunity)
+            self._records.append(self._scrub(opportunity))
         else:
             self._more = True
 
@@ -188,13 +219,26 @@ class _TableWriter:
         print_opportunities(self._records, show_provider=self._show_provider, more=self._more)
 
 
-def make_writer(fmt: OutputFormat, *, raw: bool = True, show_provider: bool = False) -> Writer:
-    """The writer for ``fmt`` (the CSV header is written at once)."""
+def make_writer(
+    fmt: OutputFormat,
+    *,
+    raw: bool = True,
+    show_provider: bool = False,
+    scrub: Callable[[Opportunity], Opportunity] = _unchanged,
+    may_hold_key: Callable[[str], bool] = _clean,
+) -> Writer:
+    """The writer for ``fmt`` (the CSV header is written at once).
+
+    ``scrub`` turns a record into the one to print (``cli._runtime.scrub``: keys redacted).
+    JSONL and CSV write each record's text and scrub the record only when
+    ``may_hold_key(text)`` says the text may show a key (``cli._runtime.may_hold_key``);
+    a table scrubs each record it keeps. By default nothing is scrubbed.
+    """
     if fmt is OutputFormat.JSONL:
-        return _JsonlWriter(raw=raw)
+        return _JsonlWriter(raw=raw, scrub=scrub, may_hold_key=may_hold_key)
     if fmt is OutputFormat.CSV:
-        return _CsvWriter()
-    return _TableWriter(show_provider=show_provider)
+        return _CsvWriter(scrub=scrub, may_hold_key=may_hold_key)
+    return _TableWriter(show_provider=show_provider, scrub=scrub)
 
 
 # -------------------------------------------------------------------------------- tables

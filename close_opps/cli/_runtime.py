@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ from rich.progress import (
 from typer.core import TyperCommand, TyperGroup
 
 from close_opps._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from close_opps._redact import forms_of, redact, redact_data
+from close_opps._redact import forms_of, live_forms, redact, redact_data
 from close_opps.adapters.base import BaseAdapter
 from close_opps.adapters.base import api_key_env as _adapter_key_env
 from close_opps.errors import CloseOppsError
@@ -50,6 +51,7 @@ __all__ = [
     "base_url_env",
     "fail",
     "logging_for",
+    "may_hold_key",
     "open_adapters",
     "progress",
     "resolve_targets",
@@ -89,8 +91,40 @@ def usage_error(message: str) -> CliError:
 
 def _forms() -> tuple[str, ...]:
     """Every form of the keys of this invocation (they outlive their adapters here)."""
-    forms = {form for secret in _secrets for form in forms_of(secret)}
+    return _forms_of_keys(frozenset(_secrets))
+
+
+@functools.lru_cache(maxsize=16)
+def _forms_of_keys(keys: frozenset[str]) -> tuple[str, ...]:
+    forms = {form for secret in keys for form in forms_of(secret)}
     return tuple(sorted(forms, key=len, reverse=True))
+
+
+#: What JSON or CSV text writes otherwise than as itself (escaped, or a quote doubled).
+_REWRITTEN: Final = re.compile(r'["\\\x00-\x1f]')
+
+
+def may_hold_key(text: str) -> bool:
+    """Whether ``text``, a record as printed (a JSON line, a CSV row), may show a key in
+    use: a form of one (of this invocation's keys or any live one) occurs in it, or a form
+    holds a character such text writes escaped, so that the text cannot tell.
+
+    ``False`` means printing ``text`` is what printing the :func:`scrub`-bed record gives:
+    a form in any string of the record would be in the text as it is. The writers check the
+    text they made and scrub the record only when this says so (scrubbing walks every value
+    of the record: it cost more than listing it)."""
+    probes = _probes(_forms() + live_forms())
+    return probes is None or any(probe in text for probe in probes)
+
+
+@functools.lru_cache(maxsize=16)
+def _probes(forms: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The forms to look for in a text: those holding no other form (where a longer one is,
+    the shorter one it holds is too), or ``None`` when a form has a character JSON or CSV
+    writes escaped (no text can tell then)."""
+    if any(_REWRITTEN.search(form) for form in forms):
+        return None
+    return tuple(f for f in set(forms) if not any(o != f and o in f for o in forms))
 
 
 def _redact(text: str) -> str:
