@@ -156,7 +156,7 @@ def version_rates(checkout: str, pages_file: str, repeat: int) -> dict[str, floa
     return rates
 
 
-def compare_versions(pages: dict[str, list[bytes]], against: str, repeat: int) -> None:
+def compare_versions(pages: dict[str, list[bytes]], against: str, repeat: int, rounds: int) -> None:
     here = str(pathlib.Path(__file__).resolve().parent.parent)
     with tempfile.TemporaryDirectory() as tmp:
         pages_file = str(pathlib.Path(tmp) / "pages.pickle")
@@ -164,15 +164,22 @@ def compare_versions(pages: dict[str, list[bytes]], against: str, repeat: int) -
             pickle.dump(pages, out)
         ours: dict[str, list[float]] = {}
         theirs: dict[str, list[float]] = {}
-        for _ in range(3):  # alternating, so that a busy moment hits both
+        for _ in range(rounds):  # alternating, so that a busy moment hits both
             for provider, rate in version_rates(here, pages_file, repeat).items():
                 ours.setdefault(provider, []).append(rate)
             for provider, rate in version_rates(against, pages_file, repeat).items():
                 theirs.setdefault(provider, []).append(rate)
-    print(f"this checkout against {against} (parsing + mapping, median of 3 alternating runs)")
+    print(
+        f"this checkout against {against} (parsing + mapping; median of {rounds} alternating "
+        "runs, and the range of the ratios of each pair of runs)"
+    )
     for provider in ours:
         now, then = statistics.median(ours[provider]), statistics.median(theirs[provider])
-        print(f"  {provider:<8} this {now:9,.0f}/s   that {then:9,.0f}/s   (x{now / then:4.2f})")
+        pairs = sorted(a / b for a, b in zip(ours[provider], theirs[provider], strict=True))
+        print(
+            f"  {provider:<8} this {now:9,.0f}/s   that {then:9,.0f}/s   (x{now / then:4.2f};"
+            f" pairs x{pairs[0]:4.2f} to x{pairs[-1]:4.2f})"
+        )
 
 
 def main(args: argparse.Namespace) -> None:
@@ -195,7 +202,7 @@ def main(args: argparse.Namespace) -> None:
             f"(x{ours / plain:4.2f} of json.loads)"
         )
     if args.against:
-        compare_versions(pages, args.against, args.repeat)
+        compare_versions(pages, args.against, args.repeat, args.rounds)
 
 
 def parse_args() -> argparse.Namespace:
@@ -205,6 +212,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--against", metavar="PATH", help="another checkout of close-opps to compare with"
     )
+    parser.add_argument("--rounds", type=int, default=5, help="alternating runs per version")
     return parser.parse_args()
 
 
