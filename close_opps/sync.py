@@ -1148,11 +1148,19 @@ async def _sync_one(
     #: time, so batches are applied in order; its failure is raised at the next flush.
     writing: asyncio.Task[None] | None = None
 
+    #: A batch could not be written: no checkpoint may be stored after it (it would tell a
+    #: resumed run that the refused records were stored).
+    write_failed = False
+
     async def write(done: list[Change], cursor: str | FeedState | None, complete: bool) -> None:
-        nonlocal newest, counts
-        if isinstance(cursor, FeedState):  # a checkpoint: encoded here, as the feed reads on
-            cursor = await asyncio.to_thread(encode_cursor, cursor)
-        counts += await store.apply(name, done, cursor=cursor, complete=complete)
+        nonlocal newest, counts, write_failed
+        try:
+            if isinstance(cursor, FeedState):  # a checkpoint: encoded here, as the feed reads on
+                cursor = await asyncio.to_thread(encode_cursor, cursor)
+            counts += await store.apply(name, done, cursor=cursor, complete=complete)
+        except BaseException:
+            write_failed = True
+            raise
         moments = [c.opportunity.updated_at for c in done if c.opportunity is not None]
         if moments and (newest is None or max(moments) > newest):
             newest = max(moments)
@@ -1203,9 +1211,11 @@ async def _sync_one(
                 await flush(cursor=checkpoint(), complete=False, wait=False)
         await settle()
     except CloseOppsError:
-        # keep what was read (with the checkpoint it reached); the cursor stays
-        checkpointed = -batch_size  # whatever the spacing: this is the last chance
-        await flush(cursor=checkpoint(), complete=False)
+        if not write_failed:
+            # the feed failed: keep what was read (with the checkpoint it reached); the
+            # cursor stays
+            checkpointed = -batch_size  # whatever the spacing: this is the last chance
+            await flush(cursor=checkpoint(), complete=False)
         raise
     finally:
         if writing is not None:  # a bug, or cancelled: stop waiting for the batch

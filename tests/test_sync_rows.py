@@ -43,7 +43,16 @@ from close_opps.serialize import (
     jsonable,
     opportunity_to_dict,
 )
-from close_opps.sync import _FLAT, _HASH, SyncStore, _row, _sql_value, open_store, sync
+from close_opps.sync import (
+    _FLAT,
+    _HASH,
+    SyncError,
+    SyncStore,
+    _row,
+    _sql_value,
+    open_store,
+    sync,
+)
 
 NOW = "2025-01-01T00:00:00.000000+00:00"
 
@@ -372,3 +381,37 @@ async def test_the_next_batch_is_read_while_one_is_written(
         assert await store.count("close") == len(server.ids)
     assert store.seen_during_first_write is not None
     assert store.seen_during_first_write >= 20
+
+
+class FailingStore(SyncStore):
+    """Refuses the records of one batch, as a store refuses a record it cannot hold."""
+
+    def __init__(self, path: Path, fail_on_call: int) -> None:
+        super().__init__(path)
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    async def apply(self, provider: str, changes: Any, **options: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise close_opps.DecodeError("the record cannot be stored", provider=provider)
+        return await super().apply(provider, changes, **options)
+
+
+async def test_a_batch_that_could_not_be_written_is_not_checkpointed_past(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    server = sb["close"]
+    path = tmp_path / "o.db"
+    async with close_opps.connect(
+        "close", api_key=server.api_key, base_url=server.base_url
+    ) as close:
+        async with FailingStore(path, fail_on_call=2) as failing:
+            with pytest.raises(SyncError) as caught:
+                await sync([close], failing, batch_size=10)
+            assert isinstance(caught.value.errors["close"], close_opps.DecodeError)
+        # The next run (the store now takes every record) must store every record: the
+        # refused batch was never stored, so no checkpoint may say it was.
+        async with SyncStore(path) as store:
+            await sync([close], store, batch_size=10)
+            assert await store.count("close") == len(server.ids)
