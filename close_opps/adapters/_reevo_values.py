@@ -429,7 +429,7 @@ def _envelope(
         errors.append((_at(path, name, index), why))
         return None
     value_type = envelope.get("value_type")
-    decoder = VALUE_DECODERS.get(value_type) if type(value_type) is str else None
+    decoder = _DECODERS.get(value_type) if type(value_type) is str else None
     if decoder is None:
         if not isinstance(value_type, str):
             why = f"expected a string, got {_kind(value_type)}"
