@@ -12,15 +12,14 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from close_opps._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from close_opps.changes import Change, ChangeKind
+from close_opps.changes import ChangeKind
 from close_opps.errors import InvalidCursorError, MassDeletionError
 from close_opps.feed import DEFAULT_MAX_DELETION_SHARE
-from close_opps.serialize import opportunity_to_dict
 
 from ._app import (
     ApiKey,
@@ -34,7 +33,7 @@ from ._app import (
     _connection,
     app,
 )
-from ._render import emit
+from ._render import change_to_dict, emit
 from ._runtime import (
     ConnectOptions,
     HelpCommand,
@@ -47,22 +46,7 @@ from ._runtime import (
     usage_error,
 )
 
-__all__ = ["change_to_dict", "changes"]
-
-
-def change_to_dict(change: Change, *, raw: bool = True) -> dict[str, Any]:
-    """One change as JSON-ready data: ``kind``, ``provider``, ``id``, ``occurred_at`` and
-    ``opportunity`` (the record as :func:`close_opps.serialize.opportunity_to_dict` gives it,
-    ``null`` for a delete)."""
-    return {
-        "kind": change.kind.value,
-        "provider": change.provider,
-        "id": change.id,
-        "occurred_at": change.occurred_at.isoformat() if change.occurred_at else None,
-        "opportunity": (
-            opportunity_to_dict(change.opportunity, raw=raw) if change.opportunity else None
-        ),
-    }
+__all__ = ["changes"]
 
 
 def _read_cursor_file(path: Path) -> str | None:

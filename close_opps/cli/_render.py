@@ -27,8 +27,15 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from close_opps.changes import Change
 from close_opps.model import Money, Opportunity, OpportunityStatus, Ref
-from close_opps.serialize import FlatColumn, flat_columns, jsonable, opportunity_to_json
+from close_opps.serialize import (
+    FlatColumn,
+    flat_columns,
+    jsonable,
+    opportunity_to_dict,
+    opportunity_to_json,
+)
 from close_opps.serialize import flatten as serialize_flatten
 
 __all__ = [
@@ -36,6 +43,7 @@ __all__ = [
     "OutputFormat",
     "RecordFormat",
     "Writer",
+    "change_to_dict",
     "csv_columns",
     "flatten",
     "make_writer",
@@ -44,6 +52,21 @@ __all__ = [
     "print_summary",
     "stdout_console",
 ]
+
+
+def change_to_dict(change: Change, *, raw: bool = True) -> dict[str, Any]:
+    """One change as JSON-ready data: ``kind``, ``provider``, ``id``, ``occurred_at`` and
+    ``opportunity`` (the record as :func:`close_opps.serialize.opportunity_to_dict` gives it,
+    ``null`` for a delete)."""
+    return {
+        "kind": change.kind.value,
+        "provider": change.provider,
+        "id": change.id,
+        "occurred_at": change.occurred_at.isoformat() if change.occurred_at else None,
+        "opportunity": (
+            opportunity_to_dict(change.opportunity, raw=raw) if change.opportunity else None
+        ),
+    }
 
 
 class OutputFormat(enum.StrEnum):

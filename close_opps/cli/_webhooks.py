@@ -9,17 +9,17 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any, TextIO
+from typing import Annotated, TextIO
 
 import typer
 
 from close_opps.changes import Change
-from close_opps.serialize import opportunity_to_dict
 
 from . import _runtime
+from ._render import change_to_dict
 from ._runtime import PROG, fail, run, usage_error
 
-__all__ = ["KEY_ENV", "change_to_dict", "webhooks_app"]
+__all__ = ["KEY_ENV", "webhooks_app"]
 
 #: Where ``listen`` reads the subscription's signing key.
 KEY_ENV = "CLOSE_WEBHOOK_KEY"
@@ -30,19 +30,6 @@ webhooks_app = typer.Typer(
     pretty_exceptions_enable=False,
     no_args_is_help=True,
 )
-
-
-def change_to_dict(change: Change) -> dict[str, Any]:
-    """``change`` as JSON-ready data; the record in :func:`close_opps.serialize` form."""
-    return {
-        "kind": change.kind.value,
-        "provider": change.provider,
-        "id": change.id,
-        "occurred_at": change.occurred_at.isoformat() if change.occurred_at else None,
-        "opportunity": (
-            opportunity_to_dict(change.opportunity) if change.opportunity is not None else None
-        ),
-    }
 
 
 @webhooks_app.command("listen")
