@@ -2,9 +2,7 @@
 
 # No ``from __future__ import annotations``: typer reads these signatures at run time.
 
-import asyncio
 import contextlib
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -43,6 +41,7 @@ from ._runtime import (
     resolve_targets,
     run,
     scrub,
+    serve_until_stopped,
     usage_error,
 )
 from ._webhooks import webhooks_app
@@ -638,23 +637,11 @@ async def _serve(*, port: int | None, records: int, seed: int) -> None:
         else None
     )
     sandbox = Sandbox(seed=seed, records=records, ports=ports)
-    serving = asyncio.ensure_future(serve_forever(sandbox, on_ready=_announce))
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGTERM, serving.cancel)
-    try:
-        await serving
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise  # Ctrl-C: asyncio.run turns it into KeyboardInterrupt
-        return  # SIGTERM
-    except OSError as exc:
-        where = f"ports {port}-{port + 2}" if port is not None else "free ports"
-        fail(f"cannot start the sandbox on 127.0.0.1 {where}: {exc.strerror or exc}")
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
+    where = f"ports {port}-{port + 2}" if port is not None else "free ports"
+    await serve_until_stopped(
+        serve_forever(sandbox, on_ready=_announce),
+        cannot_start=f"cannot start the sandbox on 127.0.0.1 {where}",
+    )
 
 
 def _announce(sandbox: "Sandbox") -> None:

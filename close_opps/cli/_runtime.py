@@ -7,9 +7,10 @@ import functools
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar, cast
 
 import attrs
@@ -271,6 +272,27 @@ class HelpCommand(TyperCommand):
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run one command's coroutine in a fresh event loop."""
     return asyncio.run(main)
+
+
+async def serve_until_stopped(server: Coroutine[Any, Any, None], *, cannot_start: str) -> None:
+    """Run ``server`` until SIGTERM (a clean return) or Ctrl-C (``KeyboardInterrupt`` from
+    :func:`asyncio.run`); a server that cannot bind fails the command with
+    ``cannot_start`` and the reason."""
+    serving = asyncio.ensure_future(server)
+    loop = asyncio.get_running_loop()
+    with suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, serving.cancel)
+    try:
+        await serving
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # Ctrl-C: asyncio.run turns it into KeyboardInterrupt
+    except OSError as exc:
+        fail(f"{cannot_start}: {exc.strerror or exc}")
+    finally:
+        with suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 # ------------------------------------------------------------------------------- logging

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable
 from typing import Annotated, TextIO
@@ -17,7 +16,7 @@ from close_opps.changes import Change
 
 from . import _runtime
 from ._render import change_to_dict
-from ._runtime import PROG, fail, run, usage_error
+from ._runtime import PROG, run, serve_until_stopped, usage_error
 
 __all__ = ["KEY_ENV", "webhooks_app"]
 
@@ -75,25 +74,10 @@ def listen(
 
 
 async def _serve(key: str, *, host: str, port: int, path: str, tolerance: float) -> None:
-    serving = asyncio.ensure_future(
-        listen_until_cancelled(
-            key, host=host, port=port, path=path, tolerance=tolerance, out=sys.stdout
-        )
+    serving = listen_until_cancelled(
+        key, host=host, port=port, path=path, tolerance=tolerance, out=sys.stdout
     )
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGTERM, serving.cancel)
-    try:
-        await serving
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise  # Ctrl-C: asyncio.run turns it into KeyboardInterrupt
-    except OSError as exc:
-        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
+    await serve_until_stopped(serving, cannot_start=f"cannot listen on {host}:{port}")
 
 
 async def listen_until_cancelled(
