@@ -5,7 +5,7 @@
 import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
@@ -565,23 +565,43 @@ async def _sync(
                 def on_progress(name: str, so_far: int) -> None:
                     bar.update(tasks[name], completed=so_far)
 
-                try:
-                    reports = await syncing.sync(
+                reports = await _synced(
+                    syncing.sync(
                         adapters,
                         store,
                         on_progress=on_progress,
                         allow_mass_deletion=allow_mass_deletion,
-                    )
-                except syncing.SyncError as exc:
-                    bar.stop()
-                    if exc.reports:
-                        _print_sync(list(exc.reports.values()), db, None)
-                    fail("sync failed: " + "; ".join(exc.lines()))
-                except database_errors() as exc:
-                    fail(f"cannot write the database {redact_url(db)!r}: {exc}")
-        return list(reports.values()), await store.count()
+                    ),
+                    db,
+                    on_failure=bar.stop,
+                )
+        return reports, await store.count()
     finally:
         await store.aclose()
+
+
+async def _synced(
+    running: Awaitable[Mapping[str, "SyncReport"]],
+    db: str,
+    *,
+    on_failure: Callable[[], None] | None = None,
+) -> list["SyncReport"]:
+    """The reports of a sync. A failed sync prints the reports of the providers that
+    completed (after ``on_failure``) and fails the command, as does a database that cannot
+    be written."""
+    from close_opps.sync import SyncError
+
+    try:
+        reports = await running
+    except SyncError as exc:
+        if on_failure is not None:
+            on_failure()
+        if exc.reports:
+            _print_sync(list(exc.reports.values()), db, None)
+        fail("sync failed: " + "; ".join(exc.lines()))
+    except database_errors() as exc:
+        fail(f"cannot write the database {redact_url(db)!r}: {exc}")
+    return list(reports.values())
 
 
 # -------------------------------------------------------------------------- providers

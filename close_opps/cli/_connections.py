@@ -16,7 +16,7 @@ import typer
 
 from close_opps.connections import Connection
 
-from ._app import _print_sync, app
+from ._app import _print_sync, _synced, app
 from ._runtime import (
     ConnectOptions,
     HelpCommand,
@@ -158,7 +158,7 @@ def sync_all(
 ) -> None:
     """``sync --db URL --all``: every registered connection, once, in this process."""
     from close_opps.connections import sync_connections
-    from close_opps.sync import SyncError, SyncReport
+    from close_opps.sync import SyncReport
 
     if named:
         raise usage_error("--all syncs every connection: name no PROVIDER with it")
@@ -176,17 +176,13 @@ def sync_all(
         try:
             if not await store.connections():
                 fail(f"no connections in {redact_url(db)}: add one with `connections add`")
-            try:
-                reports = await sync_connections(
+            reports = await _synced(
+                sync_connections(
                     store, adapter_options=options, allow_mass_deletion=allow_mass_deletion
-                )
-            except SyncError as exc:
-                if exc.reports:
-                    _print_sync(list(exc.reports.values()), db, None)
-                fail("sync failed: " + "; ".join(exc.lines()))
-            except database_errors() as exc:
-                fail(f"cannot write the database {redact_url(db)!r}: {exc}")
-            return list(reports.values()), await store.count()
+                ),
+                db,
+            )
+            return reports, await store.count()
         finally:
             await store.aclose()
 
