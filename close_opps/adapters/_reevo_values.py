@@ -27,7 +27,7 @@ import attrs
 from close_opps._decoding import parse_date, parse_datetime, parse_decimal, parse_int
 from close_opps._redact import get_logger
 from close_opps.errors import DecodeError
-from close_opps.model import FrozenDict, Money, freeze
+from close_opps.model import Money, freeze
 
 __all__ = [
     "CURRENCY_CODE_KEYS",
@@ -392,8 +392,6 @@ VALUE_DECODERS: Final[Mapping[str, ValueDecoder]] = MappingProxyType(
         "account_domain": _account_domain,
     }
 )
-#: The same, as a plain dict (a lookup in a mapping proxy costs more, once per attribute).
-_DECODERS: Final[dict[str, ValueDecoder]] = dict(VALUE_DECODERS)
 
 
 # ------------------------------------------------------------------------------ entry points
@@ -429,7 +427,7 @@ def _envelope(
         errors.append((_at(path, name, index), why))
         return None
     value_type = envelope.get("value_type")
-    decoder = _DECODERS.get(value_type) if type(value_type) is str else None
+    decoder = VALUE_DECODERS.get(value_type) if type(value_type) is str else None
     if decoder is None:
         if not isinstance(value_type, str):
             why = f"expected a string, got {_kind(value_type)}"
@@ -507,27 +505,9 @@ def decode_attributes(
             one's path and its message lists every other problem of the record.
     """
     errors: list[tuple[str, str]] = []
-    decoders = _DECODERS
-    decoded: dict[str, Any] = {}
-    for name, envelope in attributes.items():
-        # The common case inline (a record has dozens of attributes); anything else, or a
-        # value its decoder refuses, goes through _attribute, which records the problem.
-        kind = type(envelope)
-        if kind is FrozenDict or kind is dict:
-            value_type = envelope.get("value_type")
-            decoder = decoders.get(value_type) if type(value_type) is str else None
-            if decoder is not None:
-                value = envelope.get("value")
-                if value is None:
-                    decoded[name] = None
-                    continue
-                try:
-                    decoded[name] = decoder(value)
-                    continue
-                except (TypeError, ValueError):  # _ShapeError is a ValueError
-                    pass
-        decoded[name] = _attribute(
-            envelope, path=path, name=name, record_id=record_id, errors=errors
-        )
+    decoded = {
+        name: _attribute(envelope, path=path, name=name, record_id=record_id, errors=errors)
+        for name, envelope in attributes.items()
+    }
     _raise(errors, record_id)
     return decoded

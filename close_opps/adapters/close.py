@@ -32,7 +32,7 @@ from close_opps.errors import (
 )
 from close_opps.feed import FeedRun
 from close_opps.http import Dialect, ErrorFields, Request, Response, Secret, opt_str, path_segment
-from close_opps.model import Contact, FrozenDict, Money, Opportunity, OpportunityStatus
+from close_opps.model import Contact, Money, Opportunity, OpportunityStatus
 from close_opps.paging import PageRequest, PagingPolicy, ParsedPage
 
 __all__ = [
@@ -236,7 +236,6 @@ def close_to_opportunity(raw: Mapping[str, Any], *, path: str = "$") -> Opportun
         else None
     )
     won_at = _midnight_utc(record.date_won)
-    custom = {key[len(_CUSTOM_PREFIX) :]: raw[key] for key in _custom_keys(raw)}
     return Opportunity(
         provider=PROVIDER,
         id=record.id,
@@ -261,8 +260,7 @@ def close_to_opportunity(raw: Mapping[str, Any], *, path: str = "$") -> Opportun
         won_at=won_at,
         lost_at=record.date_lost,
         closed_at=won_at or record.date_lost,
-        # A parsed body's values are frozen already: no second walk over them.
-        custom_fields=FrozenDict(custom) if type(raw) is FrozenDict else custom,
+        custom_fields={key[len(_CUSTOM_PREFIX) :]: raw[key] for key in _custom_keys(raw)},
         raw=raw,
     )
 

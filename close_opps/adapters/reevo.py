@@ -48,7 +48,7 @@ from close_opps.http import (
     opt_str,
     path_segment,
 )
-from close_opps.model import Contact, FrozenDict, Money, Opportunity, OpportunityStatus, Ref
+from close_opps.model import Contact, Money, Opportunity, OpportunityStatus, Ref
 from close_opps.paging import PageRequest, PagingPolicy, ParsedPage
 
 __all__ = [
@@ -214,10 +214,8 @@ class _Attributes:
         )
         return None
 
-    def unused(self) -> FrozenDict:
-        """The attributes the mapping did not use. Decoded values are immutable (strings,
-        numbers, frozen value classes, tuples, frozen envelopes): nothing to freeze again."""
-        return FrozenDict({k: v for k, v in self._decoded.items() if k not in self._used})
+    def unused(self) -> dict[str, Any]:
+        return {k: v for k, v in self._decoded.items() if k not in self._used}
 
 
 def _moment(value: date | datetime | None) -> datetime | None:
