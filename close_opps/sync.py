@@ -248,16 +248,10 @@ def _stamp_or_none(value: datetime | None) -> str | None:
 def _sql_value(value: Any) -> Any:
     """A flat column's value as SQLite stores it: datetimes stamped (UTC, microseconds),
     decimals as exact text, mappings as canonical JSON text, enums as their value."""
-    kind = type(value)
-    if kind is str or value is None or kind is int:
-        return value
-    if kind is datetime:
-        return _stamp(value)
-    if kind is Decimal:
-        return str(value)
+    # The common kinds of the declared column types are converted inline by _flat_values.
     if isinstance(value, Enum):  # before str: OpportunityStatus is a StrEnum
         return value.value
-    if isinstance(value, (bool, int, str)):
+    if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, datetime):
         return _stamp(value)
