@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import multiprocessing
 import os
 import statistics
 import subprocess
@@ -36,7 +35,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from list_throughput import serve  # the emulator in its own process, shared
+from list_throughput import emulator_process  # the emulator in its own process, shared
 
 import close_opps
 from close_opps import CloseAdapter
@@ -101,12 +100,8 @@ def timed(run: Callable[[], None], path: str, expected: int) -> float:
 
 
 def measure(records: int, args: argparse.Namespace, tmp: str) -> None:
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=serve, args=(child, records, args.latency), daemon=True)
-    process.start()
-    try:
-        base_url, api_key, _ = parent.recv()
+    with emulator_process(records, args.latency) as server:
+        base_url, api_key = server.base_url, server.api_key
         # the CLI reads the key and the URL from the environment, as the adapters do
         env = {**os.environ, "CLOSE_API_KEY": api_key, "CLOSE_BASE_URL": base_url}
         path = os.path.join(tmp, "out.jsonl")
@@ -131,9 +126,6 @@ def measure(records: int, args: argparse.Namespace, tmp: str) -> None:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
-    finally:
-        parent.close()
-        process.join(timeout=10)
 
     print(
         f"{records} Close records, {args.latency * 1000:.0f} ms injected latency per request, "

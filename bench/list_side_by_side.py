@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import statistics
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 import orjson
-from list_throughput import Server, serve, timed  # the emulator process and timing, shared
+from list_throughput import Server, emulator_process, timed  # shared: emulator, timing
 
 from close_opps import CloseAdapter
 
@@ -97,16 +96,8 @@ async def measure(args: argparse.Namespace, server: Server) -> dict[str, list[fl
 
 
 def main(args: argparse.Namespace) -> None:
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=serve, args=(child, args.records, args.latency), daemon=True)
-    process.start()
-    try:
-        base_url, api_key, headers = parent.recv()
-        runs = asyncio.run(measure(args, Server(base_url, api_key, headers)))
-    finally:
-        parent.close()
-        process.join(timeout=10)
+    with emulator_process(args.records, args.latency) as server:
+        runs = asyncio.run(measure(args, server))
 
     print(
         f"{args.records} Close records, pages of {PAGE}, {args.latency * 1000:.0f} ms per "

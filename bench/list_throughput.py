@@ -23,7 +23,7 @@ import json
 import multiprocessing
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from multiprocessing.connection import Connection
 
 import aiohttp
@@ -53,6 +53,21 @@ def serve(conn: Connection, records: int, latency: float) -> None:
 
     with contextlib.suppress(EOFError):
         asyncio.run(run())
+
+
+@contextlib.contextmanager
+def emulator_process(records: int, latency: float) -> Iterator[Server]:
+    """The Close emulator with ``records`` records and ``latency`` seconds per request, in a
+    process of its own, for as long as the block runs."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=serve, args=(child, records, latency), daemon=True)
+    process.start()
+    try:
+        yield Server(*parent.recv())
+    finally:
+        parent.close()
+        process.join(timeout=10)
 
 
 async def sequential_loop(server: Server, page_size: int) -> int:
@@ -109,17 +124,8 @@ async def measure(args: argparse.Namespace, server: Server) -> dict[str, list[fl
 
 
 def main(args: argparse.Namespace) -> None:
-    parent, child = multiprocessing.get_context("spawn").Pipe()
-    process = multiprocessing.get_context("spawn").Process(
-        target=serve, args=(child, args.records, args.latency), daemon=True
-    )
-    process.start()
-    try:
-        base_url, api_key, headers = parent.recv()
-        runs = asyncio.run(measure(args, Server(base_url, api_key, headers)))
-    finally:
-        parent.close()
-        process.join(timeout=10)
+    with emulator_process(args.records, args.latency) as server:
+        runs = asyncio.run(measure(args, server))
 
     pages = -(-args.records // args.page_size)
     print(

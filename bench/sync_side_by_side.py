@@ -37,7 +37,6 @@ import contextlib
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import sqlite3
 import statistics
@@ -54,7 +53,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from list_throughput import serve  # the emulator in its own process, shared
+from list_throughput import emulator_process  # the emulator in its own process, shared
 
 import close_opps
 from close_opps import CloseAdapter, Opportunity
@@ -483,12 +482,8 @@ def main(args: argparse.Namespace) -> None:
 
 
 def end_to_end(args: argparse.Namespace, tmp: str, tree: str | None, n: int) -> None:
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=serve, args=(child, args.records, 0.0), daemon=True)
-    process.start()
-    try:
-        base_url, api_key, _ = parent.recv()
+    with emulator_process(args.records, 0.0) as server:
+        base_url, api_key = server.base_url, server.api_key
         runs: dict[str, list[float]] = {"baseline": [], "close-opps": [], "old": []}
         for round_ in range(args.repeat):
             paths = {name: os.path.join(tmp, f"e2e-{name}-{round_}.db") for name in runs}
@@ -501,9 +496,6 @@ def end_to_end(args: argparse.Namespace, tmp: str, tree: str | None, n: int) -> 
             if tree is not None:
                 arg = json.dumps([base_url, api_key])
                 runs["old"].append(time_old(tree, "sync", arg, paths["old"], args.batch, n))
-    finally:
-        parent.close()
-        process.join(timeout=10)
     report(
         f"end to end against the Close emulator (own process, no injected latency): "
         f"baseline = CloseAdapter.list() + the hand-written writer; close-opps = sync(); "
